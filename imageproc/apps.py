@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models.signals import post_migrate
+
+
+class ImageprocConfig(AppConfig):
+    name = "imageproc"
+    verbose_name = "Image processing"
+
+    def ready(self) -> None:
+        from imageproc.compress import configure_pillow
+        from imageproc.fetch import parse_networks
+
+        try:
+            parse_networks(settings.FETCH_ALLOWED_NETWORKS)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"FETCH_ALLOWED_NETWORKS: {exc}") from None
+        # Once per process: every worker compresses, and the web process may too (admin).
+        configure_pillow()
+        post_migrate.connect(ensure_sweeper_schedule, sender=self)
+
+
+def ensure_sweeper_schedule(**kwargs: Any) -> None:
+    """The sweeper runs every SWEEP_INTERVAL_MINUTES from django-q2's scheduler. Created
+    after migrate (not in a migration) so that SQL and MongoDB set-ups share it."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name="imageproc-sweep",
+        defaults={
+            "func": "imageproc.tasks.sweep",
+            "schedule_type": Schedule.MINUTES,
+            "minutes": settings.SWEEP_INTERVAL_MINUTES,
+            "repeats": -1,
+        },
+    )

@@ -1,0 +1,35 @@
+"""Where outputs live: deterministic storage names and the absolute URLs handed to clients.
+
+Names depend only on the request and the input URL, so a task that runs twice overwrites
+its own output instead of leaving a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+
+
+def source_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def image_output_name(request_id: object, source_key: str, extension: str) -> str:
+    return f"outputs/{request_id}/{source_key[:40]}.{extension}"
+
+
+def csv_output_name(request_id: object) -> str:
+    return f"outputs/{request_id}/output.csv"
+
+
+def absolute_url(path_or_url: str) -> str:
+    """Storage URLs are absolute for S3 and relative (/media/...) for local files."""
+    if path_or_url.startswith(("http://", "https://")):
+        return path_or_url
+    return f"{settings.PUBLIC_BASE_URL}{path_or_url}"
+
+
+def output_url(name: str) -> str:
+    return absolute_url(default_storage.url(name))

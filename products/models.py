@@ -1,0 +1,85 @@
+"""Products of a request, and their images: the unit of work of the pipeline."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Product(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request = models.ForeignKey("requests_app.ProcessingRequest", on_delete=models.CASCADE, related_name="products")
+    # Row order in the uploaded CSV; also the order of every output.
+    position = models.PositiveIntegerField()
+    serial_number = models.CharField(max_length=255)
+    product_name = models.CharField(max_length=1024)
+
+    class Meta:
+        ordering = ("request", "position")
+        constraints = [
+            models.UniqueConstraint(fields=["request", "position"], name="product_unique_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.serial_number} {self.product_name}"
+
+
+class ImageStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ProductImage(models.Model):
+    """One input URL of one product. The request FK is direct so that claims, counters
+    and sweeps filter one table (MongoDB cannot update across relations)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request = models.ForeignKey("requests_app.ProcessingRequest", on_delete=models.CASCADE, related_name="images")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="images")
+    position = models.PositiveSmallIntegerField()
+    source_url = models.TextField()
+    # SHA-256 of source_url: groups duplicates of one URL in a request and names its output.
+    source_key = models.CharField(max_length=64)
+
+    status = models.CharField(max_length=16, choices=ImageStatus.choices, default=ImageStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # Set by the task that claimed the image; only that task may record its result.
+    claim_token = models.CharField(max_length=32, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+
+    output_name = models.CharField(max_length=255, blank=True)
+    kept_original = models.BooleanField(default=False)
+    bytes_in = models.BigIntegerField(null=True, blank=True)
+    bytes_out = models.BigIntegerField(null=True, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    input_format = models.CharField(max_length=16, blank=True)
+    fetch_ms = models.PositiveIntegerField(null=True, blank=True)
+    compress_ms = models.PositiveIntegerField(null=True, blank=True)
+    store_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("product", "position")
+        indexes = [
+            models.Index(fields=["request", "status"], name="image_request_status"),
+            models.Index(fields=["product", "position"], name="image_product_position"),
+            models.Index(fields=["status", "claimed_at"], name="image_status_claimed"),
+            models.Index(fields=["claim_token"], name="image_claim_token"),
+        ]
+
+    def __str__(self) -> str:
+        return self.source_url
+
+    @property
+    def saving(self) -> float | None:
+        if not self.bytes_in or self.bytes_out is None:
+            return None
+        return 1 - self.bytes_out / self.bytes_in

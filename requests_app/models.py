@@ -1,0 +1,176 @@
+"""API clients, their keys, and processing requests (one per uploaded CSV)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+KEY_PREFIX_LENGTH = 8
+
+
+class ApiClient(models.Model):
+    """A programmatic client of the API. It is a Django user, so that admin staff and API
+    clients own requests in the same way."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_client")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "API client"
+
+    def __str__(self) -> str:
+        return self.user.get_username()
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def active(self) -> ApiKeyQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class ApiKey(models.Model):
+    """An API key. Only a SHA-256 of the key is stored: keys are 256-bit random strings,
+    so a fast hash is enough (there is nothing to brute-force), and the database alone
+    cannot authenticate anyone. The prefix identifies a key to people and for revocation."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="keys")
+    prefix = models.CharField(max_length=KEY_PREFIX_LENGTH, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[ApiKeyQuerySet] = ApiKeyQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.client})"
+
+    @staticmethod
+    def hash(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @staticmethod
+    def generate() -> tuple[str, str]:
+        """A new raw key and its prefix. The raw key is shown once and never stored."""
+        prefix = secrets.token_hex(KEY_PREFIX_LENGTH // 2)
+        return f"ipk_{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class RequestStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    # Every image has ended; one task has claimed the right to write the output.
+    FINALIZING = "finalizing", "Finalizing"
+    COMPLETED = "completed", "Completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors", "Completed with errors"
+    FAILED = "failed", "Failed"
+
+
+FINISHED_STATUSES = (RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERRORS, RequestStatus.FAILED)
+
+
+class OutputFormat(models.TextChoices):
+    JPEG = "jpeg", "JPEG"
+    WEBP = "webp", "WebP"
+
+
+class ProcessingRequest(models.Model):
+    """One uploaded CSV. Its id is the request_id clients see. The counters move only
+    through F() updates made by the task that changed an image's state."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="processing_requests")
+    status = models.CharField(max_length=24, choices=RequestStatus.choices, default=RequestStatus.PENDING)
+    original_filename = models.CharField(max_length=255, blank=True)
+    # NULL, not "", when absent: the unique constraint must ignore requests without a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    webhook_url = models.URLField(max_length=2048, blank=True)
+
+    quality = models.PositiveSmallIntegerField(default=50)
+    output_format = models.CharField(max_length=8, choices=OutputFormat.choices, default=OutputFormat.JPEG)
+
+    products_total = models.PositiveIntegerField(default=0)
+    images_total = models.PositiveIntegerField(default=0)
+    images_done = models.PositiveIntegerField(default=0)
+    images_failed = models.PositiveIntegerField(default=0)
+    bytes_in = models.BigIntegerField(default=0)
+    bytes_out = models.BigIntegerField(default=0)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    output_csv_name = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="request_owner_created"),
+            models.Index(fields=["status", "updated_at"], name="request_status_updated"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="request_unique_idempotency_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def images_finished(self) -> int:
+        return self.images_done + self.images_failed
+
+    @property
+    def percent(self) -> float:
+        if not self.images_total:
+            return 100.0
+        return round(100 * self.images_finished / self.images_total, 1)
+
+    @property
+    def bytes_saved(self) -> int:
+        return self.bytes_in - self.bytes_out
+
+    @property
+    def duration(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.completed_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+    def final_status(self) -> str:
+        """The end state that the counters call for."""
+        if self.images_failed == 0:
+            return RequestStatus.COMPLETED
+        if self.images_done == 0:
+            return RequestStatus.FAILED
+        return RequestStatus.COMPLETED_WITH_ERRORS
+
+    def get_status_path(self) -> str:
+        return reverse("csv-status", kwargs={"pk": self.pk})
+
+    def get_output_path(self) -> str:
+        return reverse("csv-output", kwargs={"pk": self.pk})

@@ -1,0 +1,278 @@
+"""Use cases of a processing request. The API, the admin and the management commands all
+call these functions; none of them re-implements one."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from imageproc.storage import csv_output_name, output_url, source_key
+from products.models import ImageStatus, Product, ProductImage
+from requests_app import csv_io
+from requests_app.models import (
+    FINISHED_STATUSES,
+    ApiClient,
+    ApiKey,
+    OutputFormat,
+    ProcessingRequest,
+    RequestStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_CHUNK = 1000
+
+
+class ServiceError(Exception):
+    """A domain error; the API turns it into an HTTP answer (requests_app.api)."""
+
+    status_code = 400
+    code = "error"
+
+
+class RequestNotFinished(ServiceError):
+    status_code = 409
+    code = "not_finished"
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    quality: int = 50
+    output_format: str = OutputFormat.JPEG
+    webhook_url: str = ""
+
+
+def csv_limits() -> csv_io.CsvLimits:
+    return csv_io.CsvLimits(
+        max_bytes=settings.CSV_MAX_BYTES, max_rows=settings.CSV_MAX_ROWS, max_urls_per_row=settings.CSV_MAX_URLS_PER_ROW
+    )
+
+
+def request_create(
+    *,
+    owner: AbstractBaseUser,
+    csv_file: IO[bytes] | bytes,
+    filename: str = "",
+    options: RequestOptions | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[ProcessingRequest, bool]:
+    """Validate a CSV, store its request, products and images in one short transaction,
+    and queue the work once that transaction has committed.
+
+    Returns (request, created). With an idempotency key already used by this owner, the
+    original request comes back and nothing is created. Raises csv_io.CsvInvalid or
+    csv_io.CsvTooLarge for a file that cannot be accepted; nothing is stored then.
+    """
+    options = options or RequestOptions(quality=settings.IMAGE_DEFAULT_QUALITY)
+    if idempotency_key:
+        existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing:
+            return existing, False
+
+    rows = csv_io.parse(csv_file, limits=csv_limits())
+
+    request = ProcessingRequest(
+        owner=owner,
+        original_filename=filename[:255],
+        idempotency_key=idempotency_key or None,
+        quality=options.quality,
+        output_format=options.output_format,
+        webhook_url=options.webhook_url,
+        products_total=len(rows),
+        images_total=sum(len(row.urls) for row in rows),
+    )
+    products: list[Product] = []
+    images: list[ProductImage] = []
+    keys: dict[str, str] = {}
+    for position, row in enumerate(rows):
+        product = Product(
+            id=uuid.uuid4(),
+            request=request,
+            position=position,
+            serial_number=row.serial_number,
+            product_name=row.product_name,
+        )
+        products.append(product)
+        for index, url in enumerate(row.urls):
+            key = keys.get(url) or keys.setdefault(url, source_key(url))
+            images.append(
+                ProductImage(
+                    id=uuid.uuid4(), request=request, product=product, position=index, source_url=url, source_key=key
+                )
+            )
+    del rows
+    try:
+        with transaction.atomic():
+            request.save(force_insert=True)
+            Product.objects.bulk_create(products, batch_size=2000)
+            ProductImage.objects.bulk_create(images, batch_size=2000)
+            transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
+    except IntegrityError:
+        if idempotency_key:
+            # Two uploads raced with the same key: the other one won.
+            existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            if existing:
+                return existing, False
+        raise
+    logger.info("request %s created: %d products, %d images", request.pk, len(products), len(images))
+    return request, True
+
+
+def request_finalize(*, request_id: Any) -> str | None:
+    """Write the output CSV and set the final status. Idempotent: it acts only on a
+    request in `finalizing`, which exactly one task claimed (imageproc.services)."""
+    request = ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.FINALIZING).first()
+    if request is None:
+        return None
+    name = csv_output_name(request.pk)
+    content = "".join(csv_io.render_output(request_output_rows(request=request))).encode("utf-8")
+    csv_file = ContentFile(content, name=name)
+    csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
+    saved = default_storage.save(name, csv_file)
+    final = request.final_status()
+    now = timezone.now()
+    changed = ProcessingRequest.objects.filter(pk=request.pk, status=RequestStatus.FINALIZING).update(
+        status=final, completed_at=now, updated_at=now, output_csv_name=saved
+    )
+    if changed:
+        logger.info("request %s finished: %s", request.pk, final)
+        request_finished(request_id=request.pk)
+    return final
+
+
+def request_finished(*, request_id: Any) -> None:
+    """Hook for what follows a request's end (the completion webhook)."""
+
+
+def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
+    """Rows of the output CSV in input order, URL lists positionally aligned: None where an
+    image is not done. Reads products in chunks by position (an index range, no OFFSET)."""
+    for start in range(0, request.products_total, OUTPUT_CHUNK):
+        products = list(
+            Product.objects.filter(request_id=request.pk, position__gte=start, position__lt=start + OUTPUT_CHUNK)
+            .order_by("position")
+            .values_list("id", "serial_number", "product_name")
+        )
+        images = images_by_product([p[0] for p in products])
+        for product_id, serial, name in products:
+            own = images.get(product_id, [])
+            yield (
+                serial,
+                name,
+                [image["source_url"] for image in own],
+                [image["output_url"] for image in own],
+            )
+
+
+def images_by_product(product_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
+    """The images of some products in position order, with absolute output URLs."""
+    grouped: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    rows = (
+        ProductImage.objects.filter(product_id__in=product_ids)
+        .order_by("product_id", "position")
+        .values("product_id", "source_url", "status", "output_name", "error_code", "error_message")
+    )
+    for row in rows:
+        done = row["status"] == ImageStatus.DONE and row["output_name"]
+        row["output_url"] = output_url(row["output_name"]) if done else None
+        grouped[row["product_id"]].append(row)
+    return grouped
+
+
+def request_retry_failed(*, request: ProcessingRequest) -> int:
+    """Give the failed images of a finished request a fresh start; return how many."""
+    if request.status not in FINISHED_STATUSES:
+        raise RequestNotFinished(f"The request is {request.status}; retry it once it has finished.")
+    now = timezone.now()
+    with transaction.atomic():
+        reset = ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED).update(
+            status=ImageStatus.PENDING,
+            attempts=0,
+            claim_token="",
+            queued_at=None,
+            error_code="",
+            error_message="",
+            finished_at=None,
+        )
+        if reset:
+            ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
+                status=RequestStatus.PROCESSING,
+                images_failed=F("images_failed") - reset,
+                completed_at=None,
+                updated_at=now,
+            )
+            transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
+    request.refresh_from_db()
+    return reset
+
+
+def request_reprocess(*, request: ProcessingRequest) -> int:
+    """Process every image of a finished request again, from scratch."""
+    if request.status not in FINISHED_STATUSES:
+        raise RequestNotFinished(f"The request is {request.status}; reprocess it once it has finished.")
+    now = timezone.now()
+    with transaction.atomic():
+        reset = ProductImage.objects.filter(request_id=request.pk).update(
+            status=ImageStatus.PENDING,
+            attempts=0,
+            claim_token="",
+            queued_at=None,
+            error_code="",
+            error_message="",
+            finished_at=None,
+            output_name="",
+            bytes_in=None,
+            bytes_out=None,
+        )
+        ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
+            status=RequestStatus.PENDING,
+            images_done=0,
+            images_failed=0,
+            bytes_in=0,
+            bytes_out=0,
+            started_at=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
+    request.refresh_from_db()
+    return reset
+
+
+# --- API clients ----------------------------------------------------------------------------
+
+
+def api_client_create(*, name: str) -> tuple[ApiClient, bool]:
+    """The client called `name` (a user), created if missing."""
+    user, _ = get_user_model().objects.get_or_create(username=name)
+    client, created = ApiClient.objects.get_or_create(user=user)
+    return client, created
+
+
+def api_key_create(*, client: ApiClient) -> str:
+    """A new key for the client. The raw key is returned once and never stored."""
+    raw, prefix = ApiKey.generate()
+    ApiKey.objects.create(client=client, prefix=prefix, key_hash=ApiKey.hash(raw))
+    return raw
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey | None:
+    key = ApiKey.objects.filter(prefix=prefix).first()
+    if key and key.revoked_at is None:
+        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        key.refresh_from_db()
+    return key

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.urls import re_path
+
+from requests_app.api import ProcessingRequestViewSet
+
+# The client's paths, each with and without a trailing slash.
+ID = r"(?P<pk>[0-9a-fA-F-]{32,36})"
+
+urlpatterns = [
+    re_path(r"^csv/upload/?$", ProcessingRequestViewSet.as_view({"post": "upload"}), name="csv-upload"),
+    re_path(rf"^csv/status/{ID}/?$", ProcessingRequestViewSet.as_view({"get": "status"}), name="csv-status"),
+    re_path(rf"^csv/output/{ID}/?$", ProcessingRequestViewSet.as_view({"get": "output"}), name="csv-output"),
+    re_path(r"^csv/requests/?$", ProcessingRequestViewSet.as_view({"get": "list"}), name="csv-requests"),
+    re_path(rf"^csv/requests/{ID}/retry/?$", ProcessingRequestViewSet.as_view({"post": "retry"}), name="csv-retry"),
+]

@@ -1,0 +1,286 @@
+"""Settings for every environment, read from environment variables.
+
+The defaults are the embedded, single-machine setup that `make run` starts: SQLite under
+var/, the django-q2 ORM broker, a file cache and local file storage. Setting DATABASE_URL,
+REDIS_URL and S3_BUCKET moves the same code onto PostgreSQL (or MongoDB), Redis and S3.
+A bad value stops start-up with the variable's name (ImproperlyConfigured).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        value = env.int(name, default=default)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer: {exc}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        value = env.float(name, default=default)
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(f"{name} must be a number: {exc}") from None
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be positive, got {value}")
+    return value
+
+
+# --- Core ---------------------------------------------------------------------------------
+
+DEBUG = env.bool("DEBUG", default=False)
+# A development key for local runs only; settings.production has no default.
+SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-key-for-local-runs-only-never-in-production")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# The origin that absolute URLs handed to clients start with (status, output CSV, webhooks).
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "storages",
+    "requests_app",
+    "products",
+    "imageproc",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "settings.urls"
+WSGI_APPLICATION = "settings.wsgi.application"
+ASGI_APPLICATION = "settings.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+
+# --- Database -----------------------------------------------------------------------------
+
+DATABASE_URL = env.str("DATABASE_URL", default="")
+MONGODB = DATABASE_URL.startswith(("mongodb://", "mongodb+srv://"))
+
+if MONGODB:
+    from settings.mongo import mongo_settings
+
+    globals().update(mongo_settings(DATABASE_URL))
+else:
+    if DATABASE_URL:
+        try:
+            _db: dict[str, Any] = env.db_url_config(DATABASE_URL)
+        except Exception as exc:  # django-environ raises several kinds for a bad URL
+            raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    else:
+        _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        # Concurrent workers read then write: with Django's DEFERRED transactions SQLite
+        # answers "database is locked"; IMMEDIATE + WAL does not (notes/django-q2.md).
+        _db["OPTIONS"] = {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    else:
+        _db.setdefault("CONN_MAX_AGE", 60)
+        _db.setdefault("CONN_HEALTH_CHECKS", True)
+    DATABASES = {"default": _db}
+    DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache and queue ----------------------------------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL", default="")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    # A file cache, not LocMem: qinfo and /health/ read cluster stats that the workers
+    # write from other processes.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
+Q_WORKERS = _env_int("Q_WORKERS", os.cpu_count() or 2, minimum=1)
+# A batch task must finish within Q_TIMEOUT; the ORM broker re-delivers a task after
+# Q_RETRY seconds, which must exceed the timeout plus the time a task can wait in the
+# cluster's prefetch queue (notes/django-q2.md).
+Q_TIMEOUT = _env_int("Q_TIMEOUT", 300, minimum=10)
+Q_CLUSTER: dict[str, Any] = {
+    "name": "imageproc",
+    "workers": Q_WORKERS,
+    "queue_limit": Q_WORKERS,
+    "bulk": 1,
+    "timeout": Q_TIMEOUT,
+    "retry": Q_TIMEOUT + 120,
+    "max_attempts": 3,
+    "ack_failures": False,
+    "save_limit": 1000,
+    "recycle": 200,
+    # A worker that grows past this (kB) is replaced after its current task.
+    "max_rss": 512_000,
+    "poll": 0.2,
+    "catch_up": False,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Storage ------------------------------------------------------------------------------
+
+S3_BUCKET = env.str("S3_BUCKET", default="")
+STORAGES: dict[str, dict[str, Any]] = {
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+if S3_BUCKET:
+    S3_PUBLIC_BASE_URL = env.str("S3_PUBLIC_BASE_URL", default="").rstrip("/")
+    _s3: dict[str, Any] = {
+        "bucket_name": S3_BUCKET,
+        "endpoint_url": env.str("S3_ENDPOINT_URL", default="") or None,
+        "region_name": env.str("S3_REGION", default="") or None,
+        # Outputs are written under deterministic keys: a task that runs twice overwrites.
+        "file_overwrite": True,
+        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+    }
+    if S3_PUBLIC_BASE_URL:
+        # Public bucket or CDN: permanent URLs.
+        _s3["custom_domain"] = S3_PUBLIC_BASE_URL.split("://", 1)[-1]
+        _s3["url_protocol"] = S3_PUBLIC_BASE_URL.split("://", 1)[0] + ":"
+        _s3["querystring_auth"] = False
+    else:
+        _s3["querystring_auth"] = True
+        _s3["querystring_expire"] = _env_int("S3_URL_EXPIRES", 7 * 24 * 3600, minimum=60, maximum=7 * 24 * 3600)
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3}
+else:
+    STORAGES["default"] = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(MEDIA_ROOT), "base_url": MEDIA_URL, "allow_overwrite": True},
+    }
+
+# --- API ----------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "requests_app.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "requests_app.api.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"uploads": env.str("UPLOAD_THROTTLE_RATE", default="60/min")},
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Image processing service",
+    "DESCRIPTION": "Upload a product CSV, follow its progress, download the output CSV.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- The service --------------------------------------------------------------------------
+
+CSV_MAX_BYTES = _env_int("CSV_MAX_BYTES", 20 * 1024 * 1024, minimum=1024)
+CSV_MAX_ROWS = _env_int("CSV_MAX_ROWS", 50_000, minimum=1)
+CSV_MAX_URLS_PER_ROW = _env_int("CSV_MAX_URLS_PER_ROW", 50, minimum=1)
+# Django spools uploads above this to a temporary file; the CSV limit is ours.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+
+IMAGE_DEFAULT_QUALITY = _env_int("IMAGE_DEFAULT_QUALITY", 50, minimum=1, maximum=95)
+IMAGE_MAX_PIXELS = _env_int("IMAGE_MAX_PIXELS", 50_000_000, minimum=1)
+IMAGE_MAX_BYTES = _env_int("IMAGE_MAX_BYTES", 25 * 1024 * 1024, minimum=1024)
+# Our own cap: an image whose processing crashed or timed out this many times is failed.
+IMAGE_MAX_ATTEMPTS = _env_int("IMAGE_MAX_ATTEMPTS", 3, minimum=1)
+# Distinct URLs per task, and download/upload threads per worker process.
+IMAGE_BATCH_SIZE = _env_int("IMAGE_BATCH_SIZE", 16, minimum=1)
+IMAGE_IO_THREADS = _env_int("IMAGE_IO_THREADS", 16, minimum=1)
+# An image still `processing` after this long belongs to a dead worker: the sweeper re-queues it.
+IMAGE_STALE_AFTER = _env_int("IMAGE_STALE_AFTER", Q_TIMEOUT + 60, minimum=1)
+# Pending images this old whose task the broker no longer holds are re-queued by the sweeper.
+IMAGE_ORPHAN_AFTER = _env_int("IMAGE_ORPHAN_AFTER", 60, minimum=1)
+SWEEP_INTERVAL_MINUTES = _env_int("SWEEP_INTERVAL_MINUTES", 1, minimum=1)
+
+FETCH_ALLOWED_NETWORKS = env.str("FETCH_ALLOWED_NETWORKS", default="")
+FETCH_CONNECT_TIMEOUT = _env_float("FETCH_CONNECT_TIMEOUT", 5.0)
+FETCH_TOTAL_TIMEOUT = _env_float("FETCH_TOTAL_TIMEOUT", 30.0)
+FETCH_MAX_REDIRECTS = _env_int("FETCH_MAX_REDIRECTS", 3, minimum=0, maximum=10)
+FETCH_USER_AGENT = env.str("FETCH_USER_AGENT", default="imageproc/1.0 (+image-processing-service)")
+
+ADMIN_CREDENTIALS_FILE = VAR_DIR / "admin-credentials.txt"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

@@ -1,0 +1,244 @@
+"""Fixtures that start real servers on loopback: an image server, and for end-to-end tests
+the whole service (gunicorn + qcluster through `manage.py serve`) on a file database."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+# Loopback addresses: the service is told that 127.0.0.2 is an allowed image host.
+IMAGE_HOST = "127.0.0.2"
+
+
+def require_service(name: str, available: bool) -> None:
+    """Skip locally when a service is missing; in CI (REQUIRE_SERVICES=1) fail instead."""
+    if available:
+        return
+    if os.environ.get("REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required (REQUIRE_SERVICES=1) but unavailable")
+    pytest.skip(f"{name} unavailable")
+
+
+def make_image(width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", **save: Any) -> bytes:
+    """A photograph-like test image: smooth gradients with some texture, so that it
+    compresses like a real photo rather than like flat colour or pure noise."""
+    gradient = Image.linear_gradient("L").resize((width, height))
+    noise = Image.effect_noise((width, height), 40)
+    rgb = Image.merge("RGB", (gradient, noise, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    img = rgb.convert(mode) if mode != "RGB" else rgb
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        save.setdefault("quality", 92)
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+@dataclass
+class Route:
+    body: bytes
+    content_type: str = "image/jpeg"
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ImageServer:
+    """A threaded HTTP server with routes set by the test; it counts every hit."""
+
+    def __init__(self, host: str = IMAGE_HOST) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: Counter[str] = Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                server.hits[path] += 1
+                route = server.routes.get(path)
+                if route is None:
+                    route = Route(b"not found", "text/plain", 404)
+                if route.delay:
+                    time.sleep(route.delay)
+                self.send_response(route.status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(route.body)))
+                for key, value in route.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(route.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://{host}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path: str, body: bytes, **kwargs: Any) -> str:
+        self.routes[path] = Route(body, **kwargs)
+        return self.base_url + path
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def image_server() -> Iterator[ImageServer]:
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+def csv_bytes(rows: list[tuple[str, str, list[str]]]) -> bytes:
+    lines = ["S. No.,Product Name,Input Image Urls"]
+    for serial, name, urls in rows:
+        lines.append(f'{serial},{name},"{",".join(urls)}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture
+def api_key(db: Any) -> str:
+    from requests_app import services
+
+    client, _ = services.api_client_create(name="acme")
+    return services.api_key_create(client=client)
+
+
+@pytest.fixture
+def api(api_key: str) -> Any:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    return client
+
+
+# --- The whole service as subprocesses ------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    base_url: str
+    api_key: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(
+            self.base_url + path, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=30, **kwargs
+        )
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(
+            self.base_url + path, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=60, **kwargs
+        )
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        ).stdout
+
+    def wait_finished(self, request_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body: dict[str, Any] = self.get(f"/csv/status/{request_id}").json()
+            if body["status"] in ("completed", "completed_with_errors", "failed"):
+                return body
+            time.sleep(0.2)
+        raise AssertionError(
+            f"request {request_id} did not finish in {timeout}s: {body}\n{self.log.read_text()[-3000:]}"
+        )
+
+
+def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "settings.base",
+        "VAR_DIR": str(tmp),
+        "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "FETCH_ALLOWED_NETWORKS": f"{IMAGE_HOST}/32",
+        "Q_WORKERS": "2",
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    env.pop("PYTEST_XDIST_WORKER", None)
+
+    def manage(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        ).stdout
+
+    manage("migrate", "--noinput")
+    key = manage("create_api_client", "e2e").strip().splitlines()[-1]
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+    stack = Stack(f"http://127.0.0.1:{port}", key, env, process, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(stack.base_url + "/health/", timeout=2).json()["checks"]["workers"].get("clusters"):
+                return stack
+        except (requests.RequestException, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    stop_stack(stack)
+    raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
+
+
+def stop_stack(stack: Stack) -> None:
+    if stack.process.poll() is None:
+        stack.process.send_signal(2)  # SIGINT, as Ctrl-C would
+        try:
+            stack.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stack.process.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    stop_stack(s)
+
+
+@pytest.fixture(scope="module")
+def module_image_server() -> Iterator[ImageServer]:
+    server = ImageServer()
+    yield server
+    server.close()
+
+
+ImageFactory = Callable[..., bytes]
