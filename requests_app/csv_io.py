@@ -25,7 +25,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from imageproc.fetch import InvalidUrl, validate_url
 
@@ -219,7 +219,7 @@ def _file_error(message: str) -> CsvInvalid:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_limited(data: bytes | BinaryIO, max_bytes: int) -> bytes:
+def _read_limited(data: bytes | IO[bytes], max_bytes: int) -> bytes:
     """Return the bytes of ``data``; CsvTooLarge if there are more than ``max_bytes``.
 
     A file object is read from its current position and never more than ``max_bytes + 1``
@@ -436,7 +436,7 @@ def _csv_error_message(exc: csv.Error, delimiter: str) -> str:
 
 
 def parse(
-    data: bytes | BinaryIO, *, limits: CsvLimits = CsvLimits()
+    data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()
 ) -> list[ParsedRow]:
     """Parse and validate a product CSV upload.
 

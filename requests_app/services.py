@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -64,7 +64,7 @@ def csv_limits() -> csv_io.CsvLimits:
 
 def request_create(
     *,
-    owner: AbstractBaseUser,
+    owner: User,
     csv_file: IO[bytes] | bytes,
     filename: str = "",
     options: RequestOptions | None = None,
@@ -187,9 +187,10 @@ def images_by_product(product_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]
         .values("product_id", "source_url", "status", "output_name", "error_code", "error_message")
     )
     for row in rows:
-        done = row["status"] == ImageStatus.DONE and row["output_name"]
-        row["output_url"] = output_url(row["output_name"]) if done else None
-        grouped[row["product_id"]].append(row)
+        image: dict[str, Any] = dict(row)
+        done = image["status"] == ImageStatus.DONE and image["output_name"]
+        image["output_url"] = output_url(image["output_name"]) if done else None
+        grouped[image["product_id"]].append(image)
     return grouped
 
 

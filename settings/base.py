@@ -23,7 +23,7 @@ VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     try:
-        value = env.int(name, default=default)
+        value = int(env.int(name, default=default))
     except (ValueError, TypeError) as exc:
         raise ImproperlyConfigured(f"{name} must be an integer: {exc}") from None
     if value < minimum or (maximum is not None and value > maximum):
@@ -33,7 +33,7 @@ def _env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None =
 
 def _env_float(name: str, default: float) -> float:
     try:
-        value = env.float(name, default=default)
+        value = float(env.float(name, default=default))
     except (ValueError, TypeError) as exc:
         raise ImproperlyConfigured(f"{name} must be a number: {exc}") from None
     if value <= 0:

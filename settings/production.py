@@ -9,7 +9,7 @@ from settings.base import env
 
 
 def _required(name: str) -> str:
-    value = env.str(name, default="")
+    value = str(env.str(name, default=""))
     if not value:
         raise ImproperlyConfigured(f"{name} must be set in production")
     return value

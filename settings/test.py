@@ -14,7 +14,9 @@ from settings.base import DATABASES, MIDDLEWARE, Q_CLUSTER, VAR_DIR
 # Read at import by django-q2: override_settings cannot change it (notes/django-q2.md).
 Q_CLUSTER["sync"] = os.environ.get("Q_SYNC", "1") == "1"
 
-_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# One database and media folder per test process: several runs (xdist workers, or people
+# on one machine) must never share a SQLite file.
+_worker = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{_worker}.sqlite3")}
 

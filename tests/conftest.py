@@ -242,3 +242,14 @@ def module_image_server() -> Iterator[ImageServer]:
 
 
 ImageFactory = Callable[..., bytes]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this run's media folder (settings.test names one per process)."""
+    import shutil
+
+    from django.conf import settings
+
+    media = Path(str(getattr(settings, "MEDIA_ROOT", "")))
+    if media.name.startswith("test-media-"):
+        shutil.rmtree(media, ignore_errors=True)

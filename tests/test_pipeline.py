@@ -1,0 +1,229 @@
+"""Claims, counters, finalisation and the sweeper, called directly.
+
+The queue is replaced by a recorder here (`queued`), so that each test sees what would be
+queued without running it; the real queue is exercised by the end-to-end tests."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from imageproc import services as pipeline
+from products.models import ImageStatus, Product, ProductImage
+from requests_app import services
+from requests_app.models import ProcessingRequest, RequestStatus
+from tests.conftest import ImageServer, csv_bytes, make_image
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    calls: list[tuple[Any, ...]] = []
+
+    def record(func: str, *args: Any, **kwargs: Any) -> str:
+        calls.append((func, *args))
+        return "task-id"
+
+    monkeypatch.setattr(pipeline, "async_task", record)
+    monkeypatch.setattr(services, "async_task", record)
+    return calls
+
+
+@pytest.fixture
+def owner(db: Any) -> Any:
+    client, _ = services.api_client_create(name="acme")
+    return client.user
+
+
+def create(owner: Any, rows: list[tuple[str, str, list[str]]]) -> ProcessingRequest:
+    # The `db` fixture never commits, so the dispatch queued on commit does not run.
+    request, _ = services.request_create(owner=owner, csv_file=csv_bytes(rows))
+    return request
+
+
+def image_ids(request: ProcessingRequest) -> list[str]:
+    return [str(i) for i in ProductImage.objects.filter(request=request).values_list("id", flat=True)]
+
+
+def test_batches_keep_copies_of_a_url_together() -> None:
+    pairs = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b"), (6, "d")]
+    assert pipeline.batches_by_url(pairs, batch_size=2) == [["1", "3", "2", "5"], ["4", "6"]]
+    assert pipeline.batches_by_url([], batch_size=2) == []
+
+
+def test_upload_creates_rows_in_bulk(owner: Any, django_assert_max_num_queries: Any) -> None:
+    rows = [(str(i), f"P{i}", [f"http://img.example/{i}/{j}.jpg" for j in range(3)]) for i in range(300)]
+    # Bulk inserts are cut to the backend's parameter limit (999 on SQLite): a query per
+    # batch, never one per row.
+    fields = {model: [f for f in model._meta.concrete_fields] for model in (Product, ProductImage)}
+    batches = sum(
+        -(-count // min(2000, connection.ops.bulk_batch_size(fields[model], [None] * count)))
+        for model, count in ((Product, 300), (ProductImage, 900))
+    )
+    with django_assert_max_num_queries(batches + 3):
+        request = create(owner, rows)
+    assert batches < 100
+    assert request.products_total == 300
+    assert request.images_total == 900
+    assert ProductImage.objects.filter(request=request).count() == 900
+
+
+def test_dispatch_queues_batches_once(owner: Any, queued: list[Any]) -> None:
+    urls = [f"http://img.example/{i}.jpg" for i in range(5)]
+    request = create(owner, [("1", "A", [*urls, urls[0]])])
+    assert pipeline.images_dispatch(request_id=request.pk, batch_size=2) == 3
+    batches = [call[2] for call in queued]
+    assert sorted(len(b) for b in batches) == [2, 2, 2]  # the copy of urls[0] rides with it
+    assert all(i.queued_at for i in ProductImage.objects.filter(request=request))
+    assert pipeline.images_dispatch(request_id=request.pk, only_unqueued=True) == 0
+
+
+def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
+    url = image_server.add("/a.jpg", make_image(120, 80))
+    request = create(owner, [("1", "A", [url, url]), ("2", "B", [image_server.base_url + "/missing.jpg"])])
+    ids = image_ids(request)
+    pipeline.image_process(request_id=request.pk, image_ids=ids)
+    request.refresh_from_db()
+    first = (request.images_done, request.images_failed, request.bytes_in, request.bytes_out, request.status)
+    rows = list(ProductImage.objects.filter(request=request).order_by("id").values())
+    assert first[:2] == (2, 1)
+    assert image_server.hits["/a.jpg"] == 1
+    assert request.status == RequestStatus.FINALIZING
+    assert [c[0] for c in queued] == ["requests_app.tasks.finalize_request"]
+
+    pipeline.image_process(request_id=request.pk, image_ids=ids)
+    request.refresh_from_db()
+    assert (request.images_done, request.images_failed, request.bytes_in, request.bytes_out, request.status) == first
+    assert list(ProductImage.objects.filter(request=request).order_by("id").values()) == rows
+    assert image_server.hits["/a.jpg"] == 1
+    assert len(queued) == 1  # finalisation queued once
+
+
+def test_finalize_writes_csv_and_final_status_once(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
+    url = image_server.add("/f.jpg", make_image(50, 50))
+    request = create(owner, [("1", "A", [url])])
+    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+    assert services.request_finalize(request_id=request.pk) == RequestStatus.COMPLETED
+    request.refresh_from_db()
+    assert request.status == RequestStatus.COMPLETED
+    assert request.completed_at is not None
+    assert request.output_csv_name.endswith("output.csv")
+    completed_at = request.completed_at
+    assert services.request_finalize(request_id=request.pk) is None
+    request.refresh_from_db()
+    assert request.completed_at == completed_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_tasks_claim_finalisation_once(queued: list[Any]) -> None:
+    client, _ = services.api_client_create(name="race")
+    request = ProcessingRequest.objects.create(
+        owner=client.user, status=RequestStatus.PROCESSING, images_total=4, images_done=3, images_failed=1
+    )
+    barrier = threading.Barrier(6)
+    wins: list[bool] = []
+
+    def contend() -> None:
+        try:
+            barrier.wait()
+            wins.append(pipeline.request_try_finalize(request_id=request.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=contend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 5 + [True]
+    assert [c[0] for c in queued] == ["requests_app.tasks.finalize_request"]
+
+
+def test_unfinished_request_is_not_finalised(owner: Any, queued: list[Any]) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/x.jpg"])])
+    assert pipeline.request_try_finalize(request_id=request.pk) is False
+    request.refresh_from_db()
+    assert request.status == RequestStatus.PENDING
+
+
+def test_sweep_requeues_a_stale_image_alone_then_gives_up(owner: Any, queued: list[Any], settings: Any) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg", "http://img.example/b.jpg"])])
+    stale_id, fresh_id = image_ids(request)
+    long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_STALE_AFTER + 5)
+    ProductImage.objects.filter(pk=stale_id).update(
+        status=ImageStatus.PROCESSING, claim_token="dead", claimed_at=long_ago, attempts=1, queued_at=long_ago
+    )
+    ProductImage.objects.filter(pk=fresh_id).update(queued_at=timezone.now())
+
+    report = pipeline.sweep()
+    assert report.reset == 1
+    assert ("imageproc.tasks.process_images", str(request.pk), [stale_id]) in queued
+    image = ProductImage.objects.get(pk=stale_id)
+    assert (image.status, image.claim_token) == (ImageStatus.PENDING, "")
+
+    # The image kept crashing its worker until it used every attempt.
+    ProductImage.objects.filter(pk=stale_id).update(
+        status=ImageStatus.PROCESSING, claim_token="dead", claimed_at=long_ago, attempts=settings.IMAGE_MAX_ATTEMPTS
+    )
+    assert pipeline.sweep().gave_up == 1
+    image.refresh_from_db()
+    assert image.status == ImageStatus.FAILED
+    assert image.error_code == "too_many_attempts"
+    assert "3 times" in image.error_message
+    request.refresh_from_db()
+    assert request.images_failed == 1
+
+
+def test_sweep_requeues_orphaned_pending_images(owner: Any, queued: list[Any], settings: Any) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
+    ProductImage.objects.filter(request=request).update(queued_at=timezone.now())
+    assert pipeline.sweep().dispatched == 0  # queued recently: the broker may still hold it
+
+    long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_ORPHAN_AFTER + 5)
+    ProductImage.objects.filter(request=request).update(queued_at=long_ago)
+    assert pipeline.sweep().dispatched == 1  # the broker is empty: the task was lost
+    assert queued[-1][:2] == ("imageproc.tasks.process_images", str(request.pk))
+
+
+def test_sweep_reconciles_counters_and_finalises(owner: Any, queued: list[Any], settings: Any) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg", "http://img.example/b.jpg"])])
+    # A worker died between marking an image done and counting it.
+    ProductImage.objects.filter(request=request).update(status=ImageStatus.DONE, output_name="x.jpg")
+    long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_ORPHAN_AFTER + 5)
+    ProcessingRequest.objects.filter(pk=request.pk).update(
+        status=RequestStatus.PROCESSING, images_done=1, updated_at=long_ago
+    )
+    report = pipeline.sweep()
+    assert (report.reconciled, report.refinalized) == (1, 1)
+    request.refresh_from_db()
+    assert (request.images_done, request.status) == (2, RequestStatus.FINALIZING)
+
+
+def test_sweep_reruns_a_finalisation_that_died(owner: Any, queued: list[Any], settings: Any) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
+    long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_STALE_AFTER + 5)
+    ProcessingRequest.objects.filter(pk=request.pk).update(status=RequestStatus.FINALIZING, updated_at=long_ago)
+    assert pipeline.sweep().refinalized == 1
+    assert queued[-1] == ("requests_app.tasks.finalize_request", str(request.pk))
+
+
+def test_retry_failed_resets_attempts_and_counters(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
+    request = create(owner, [("1", "A", [image_server.base_url + "/later.jpg"])])
+    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+    services.request_finalize(request_id=request.pk)
+    request.refresh_from_db()
+    assert request.status == RequestStatus.FAILED
+    assert services.request_retry_failed(request=request) == 1
+    assert (request.status, request.images_failed) == (RequestStatus.PROCESSING, 0)
+    image = ProductImage.objects.get(request=request)
+    assert (image.status, image.attempts, image.error_code) == (ImageStatus.PENDING, 0, "")
+
+
+def test_retry_refuses_an_unfinished_request(owner: Any, queued: list[Any]) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
+    with pytest.raises(services.RequestNotFinished):
+        services.request_retry_failed(request=request)
