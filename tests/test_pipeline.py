@@ -59,7 +59,7 @@ def test_upload_creates_rows_in_bulk(owner: Any, django_assert_max_num_queries: 
     rows = [(str(i), f"P{i}", [f"http://img.example/{i}/{j}.jpg" for j in range(3)]) for i in range(300)]
     # Bulk inserts are cut to the backend's parameter limit (999 on SQLite): a query per
     # batch, never one per row.
-    fields = {model: [f for f in model._meta.concrete_fields] for model in (Product, ProductImage)}
+    fields = {model: list(model._meta.concrete_fields) for model in (Product, ProductImage)}
     batches = sum(
         -(-count // min(2000, connection.ops.bulk_batch_size(fields[model], [None] * count)))
         for model, count in ((Product, 300), (ProductImage, 900))
