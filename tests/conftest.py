@@ -250,6 +250,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
     from django.conf import settings
 
+    if not settings.configured:  # run without pytest-django
+        return
     media = Path(str(getattr(settings, "MEDIA_ROOT", "")))
     if media.name.startswith("test-media-"):
         shutil.rmtree(media, ignore_errors=True)
