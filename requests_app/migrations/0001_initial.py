@@ -69,7 +69,7 @@ class Migration(migrations.Migration):
             options={
                 'ordering': ('-created_at',),
                 'indexes': [models.Index(fields=['owner', '-created_at'], name='request_owner_created'), models.Index(fields=['status', 'updated_at'], name='request_status_updated')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('owner', 'idempotency_key'), name='request_unique_idempotency_key')],
+                'constraints': [models.UniqueConstraint(fields=('owner', 'idempotency_key'), name='request_unique_idempotency_key')],
             },
         ),
     ]
