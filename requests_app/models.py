@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import uuid
@@ -9,11 +10,15 @@ from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
 KEY_PREFIX_LENGTH = 8
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 class ApiClient(models.Model):
@@ -24,11 +29,37 @@ class ApiClient(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_client")
     created_at = models.DateTimeField(default=timezone.now)
 
+    # Webhooks (requests_app/webhooks.py). The secret is kept in clear, unlike API keys: an
+    # HMAC is signed with the secret itself, so a hash of it would be useless.
+    webhook_secret = models.CharField(max_length=100, default=new_webhook_secret)
+    # Set by a rotation; deliveries carry a signature with it too until
+    # WEBHOOK_SECRET_ROTATION_HOURS after webhook_secret_rotated_at, then the sweeper clears it.
+    previous_webhook_secret = models.CharField(max_length=100, blank=True)
+    webhook_secret_rotated_at = models.DateTimeField(null=True, blank=True)
+    # Used for requests uploaded without a webhook_url.
+    default_webhook_url = models.URLField(max_length=2048, blank=True)
+    # Set when a receiver answered 410 Gone: no delivery is attempted until a resend (or an
+    # admin) clears it.
+    webhook_disabled_at = models.DateTimeField(null=True, blank=True)
+    webhook_disabled_reason = models.TextField(blank=True)
+
     class Meta:
         verbose_name = "API client"
 
     def __str__(self) -> str:
         return self.user.get_username()
+
+    def clean(self) -> None:
+        # Forms (the admin) get the same SSRF guard as the API.
+        if self.default_webhook_url:
+            from django.core.exceptions import ValidationError
+
+            from requests_app.webhooks import WebhookUrlInvalid, webhook_url_check
+
+            try:
+                webhook_url_check(self.default_webhook_url)
+            except WebhookUrlInvalid as exc:
+                raise ValidationError({"default_webhook_url": str(exc)}) from None
 
 
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
@@ -126,11 +157,10 @@ class ProcessingRequest(models.Model):
             models.Index(fields=["status", "updated_at"], name="request_status_updated"),
         ]
         constraints = [
-            models.UniqueConstraint(
-                fields=["owner", "idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
-                name="request_unique_idempotency_key",
-            )
+            # No `condition`: SQL treats NULLs as distinct and the MongoDB backend indexes only
+            # documents whose key is a string, so requests without a key never collide. A
+            # condition would make MongoDB's migrate fail ("isnull" in a partial index).
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="request_unique_idempotency_key")
         ]
 
     def __str__(self) -> str:
@@ -174,3 +204,50 @@ class ProcessingRequest(models.Model):
 
     def get_output_path(self) -> str:
         return reverse("csv-output", kwargs={"pk": self.pk})
+
+
+class WebhookStatus(models.TextChoices):
+    # Due at next_retry_at (while an attempt is in flight, next_retry_at is its lease's end).
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    # This attempt failed; next_retry_at says when the next one is due, or is empty when
+    # this was the last (see error).
+    FAILED = "failed", "Failed"
+    # The receiver answered 410 Gone, or the client's webhooks were disabled when it was due.
+    DISABLED = "disabled", "Disabled"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver one event: the delivery log. All attempts of one event share
+    `event_id` (the `webhook-id` header) and `payload` (the exact body sent); the unique
+    (event_id, attempt) pair makes creating an event, a retry or a resend idempotent."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request = models.ForeignKey(ProcessingRequest, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event_id = models.CharField(max_length=64)
+    event_type = models.CharField(max_length=64)
+    url = models.URLField(max_length=2048)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=WebhookStatus.choices, default=WebhookStatus.PENDING)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    payload = models.TextField()
+
+    class Meta:
+        verbose_name = "webhook delivery"
+        verbose_name_plural = "webhook deliveries"
+        ordering = ("-created_at",)
+        indexes = [
+            models.Index(fields=["status", "next_retry_at"], name="webhook_delivery_due"),
+            models.Index(fields=["request", "-created_at"], name="webhook_delivery_request"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "attempt"], name="webhook_delivery_unique_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} #{self.attempt}"

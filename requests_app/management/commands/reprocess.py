@@ -1,0 +1,69 @@
+"""`manage.py reprocess REQUEST_ID`: process a finished request's images again, through the
+same services as the admin's actions and POST /csv/requests/<id>/retry.
+
+Exit status: 0 done (or nothing to do); 1 error (unknown request, not finished); with
+--wait, 2 when images failed again and 3 on --timeout, as in process_csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from products.models import ImageStatus, ProductImage
+from requests_app import services
+from requests_app.management.commands.process_csv import admin_url, finish
+from requests_app.models import ProcessingRequest
+
+
+class Command(BaseCommand):
+    help = "Reprocess a finished request from scratch, or only its failed images (--failed-only)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("request_id", help="The request id (the whole UUID).")
+        parser.add_argument("--failed-only", action="store_true", help="Retry only the images that failed.")
+        parser.add_argument("--dry-run", action="store_true", help="Say what would be re-queued; change nothing.")
+        parser.add_argument("--wait", action="store_true", help="Follow the request to its end, as process_csv does.")
+        parser.add_argument("--timeout", type=float, default=None, help="Stop waiting after this many seconds.")
+        parser.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
+
+    def handle(self, *args: Any, request_id: str, failed_only: bool, dry_run: bool, **options: Any) -> None:
+        try:
+            pk = uuid.UUID(request_id.strip())
+        except ValueError:
+            raise CommandError(f"{request_id!r} is not a request id (a UUID).") from None
+        obj = ProcessingRequest.objects.filter(pk=pk).first()
+        if obj is None:
+            raise CommandError(f"No request {pk}.")
+        what = "failed images" if failed_only else "images"
+
+        if dry_run:
+            count = (
+                ProductImage.objects.filter(request_id=obj.pk, status=ImageStatus.FAILED).count()
+                if failed_only
+                else obj.images_total
+            )
+            if not obj.is_finished:
+                self.stdout.write(
+                    self.style.WARNING(f"Request {obj.pk} is {obj.status}: it would be refused until it has finished.")
+                )
+            self.stdout.write(
+                f"Would re-queue {count} {what} of request {obj.pk} ({obj.get_status_display().lower()}, "
+                f"{obj.images_done} done, {obj.images_failed} failed). Nothing changed (--dry-run)."
+            )
+            return
+
+        try:
+            if failed_only:
+                count = services.request_retry_failed(request=obj)
+            else:
+                count = services.request_reprocess(request=obj)
+        except services.ServiceError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(self.style.SUCCESS(f"Re-queued {count} {what} of request {obj.pk}."))
+        self.stdout.write(f"  admin: {admin_url(obj)}")
+        if options["wait"] and count:
+            finish(self, obj, output=None, timeout=options["timeout"], interval=options["interval"])
