@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models.signals import post_migrate
@@ -21,8 +22,14 @@ class ImageprocConfig(AppConfig):
         except ValueError as exc:
             raise ImproperlyConfigured(f"FETCH_ALLOWED_NETWORKS: {exc}") from None
         # Once per process: every worker compresses, and the web process may too (admin).
-        configure_pillow()
-        post_migrate.connect(ensure_sweeper_schedule, sender=self)
+        configure_pillow(max_pixels=settings.IMAGE_MAX_PIXELS)
+        # Django sends post_migrate only for apps that have models, which this one has not:
+        # listen for django_q's, whose Schedule table the sweeper's schedule lives in.
+        post_migrate.connect(
+            ensure_sweeper_schedule,
+            sender=django_apps.get_app_config("django_q"),
+            dispatch_uid="imageproc-sweeper-schedule",
+        )
 
 
 def ensure_sweeper_schedule(**kwargs: Any) -> None:

@@ -152,10 +152,12 @@ _ACCEPTED_SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
 )
 
 
-def configure_pillow() -> None:
+def configure_pillow(max_pixels: int | None = None) -> None:
     """Apply the process-wide Pillow settings this module relies on.
 
-    Call once per worker process at start-up; calling it again is harmless.
+    Call once per worker process at start-up; calling it again is harmless. `max_pixels`
+    moves Pillow's own bomb check to our limit, so that raising the limit above Pillow's
+    default (~89 MP) works and a bomb's message names our limit.
     Raises RuntimeError if something in the process enabled
     ImageFile.LOAD_TRUNCATED_IMAGES, which would make truncated uploads "succeed".
     """
@@ -165,6 +167,8 @@ def configure_pillow() -> None:
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that. simplefilter replaces
     # an identical existing filter, so repeated calls do not pile up entries.
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled; truncated images would be accepted")
 

@@ -23,7 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
@@ -723,7 +723,7 @@ class ApiKeyAdmin(ApiKeyAdminBase):
 
 
 def format_html_join_br(parts: Any) -> SafeString:
-    return format_html_join(mark_safe("<br>"), "{}", ((part,) for part in parts))
+    return format_html_join(format_html("<br>"), "{}", ((part,) for part in parts))
 
 
 # --- Webhook deliveries (the delivery log; requests_app/webhooks.py) --------------------------

@@ -673,3 +673,13 @@ def test_configure_pillow_refuses_load_truncated_images(monkeypatch: pytest.Monk
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError):
         configure_pillow()
+
+
+def test_configure_pillow_moves_the_bomb_limit_to_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    configure_pillow(max_pixels=120_000_000)
+    assert Image.MAX_IMAGE_PIXELS == 120_000_000
+    buf = BytesIO()
+    Image.new("L", (10_000, 10_000)).save(buf, "PNG")  # 100 MP: over Pillow's default, under ours
+    result = compress(buf.getvalue(), CompressOptions(max_pixels=120_000_000))
+    assert (result.width, result.height) == (10_000, 10_000)

@@ -64,7 +64,8 @@ def test_upload_creates_rows_in_bulk(owner: Any, django_assert_max_num_queries: 
         -(-count // min(2000, connection.ops.bulk_batch_size(fields[model], [None] * count)))
         for model, count in ((Product, 300), (ProductImage, 900))
     )
-    with django_assert_max_num_queries(batches + 3):
+    # Besides the batches: the active-request count, the request row, and the transaction.
+    with django_assert_max_num_queries(batches + 4):
         request = create(owner, rows)
     assert batches < 100
     assert request.products_total == 300
@@ -227,3 +228,22 @@ def test_retry_refuses_an_unfinished_request(owner: Any, queued: list[Any]) -> N
     request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
     with pytest.raises(services.RequestNotFinished):
         services.request_retry_failed(request=request)
+
+
+def test_rejected_upload_leaves_no_rows_without_transactions(owner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB's atomic() does nothing: rows stored before a problem is found further down
+    the file must be deleted by hand."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from requests_app import csv_io
+
+    no_transactions = SimpleNamespace(atomic=lambda *a, **k: contextlib.nullcontext(), on_commit=lambda f: None)
+    monkeypatch.setattr(services, "transaction", no_transactions)
+    monkeypatch.setattr(services, "connection", SimpleNamespace(features=SimpleNamespace(supports_transactions=False)))
+    monkeypatch.setattr(services, "INGEST_CHUNK", 1)
+    rows = [("1", "A", ["http://img.example/a.jpg"]), ("2", "B", ["http://img.example/b.jpg"]), ("3", "", ["x"])]
+    with pytest.raises(csv_io.CsvInvalid):
+        create(owner, rows)
+    assert Product.objects.count() == ProductImage.objects.count() == 0
+    assert ProcessingRequest.objects.count() == 0
