@@ -43,6 +43,7 @@ __all__ = [
     "ParsedRow",
     "RowError",
     "escape_cell",
+    "iter_parse",
     "parse",
     "render_output",
     "split_urls",
@@ -446,6 +447,17 @@ def parse(
     Raises CsvTooLarge (-> 413) or CsvInvalid (-> 400, listing every problem found, with its
     spreadsheet row and canonical column, at most ``limits.max_errors`` of them).
     """
+    return list(iter_parse(data, limits=limits))
+
+
+def iter_parse(
+    data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()
+) -> Iterator[ParsedRow]:
+    """``parse`` as a stream: yields the valid rows while no problem has been found yet,
+    and raises CsvTooLarge or CsvInvalid at the point ``parse`` would — possibly after
+    some rows were yielded, so a caller storing rows as they come does so in a transaction
+    that the exception rolls back. A 20 MB upload then never exists as 200,000 objects.
+    """
     raw = _read_limited(data, limits.max_bytes)
     _check_text(raw)
     text = _open_text(raw)
@@ -479,7 +491,7 @@ def parse(
     )
     width = len(header)
 
-    rows: list[ParsedRow] = []
+    yielded = 0
     first_row_of_serial: dict[str, int] = {}
     product_rows = 0
     try:
@@ -507,16 +519,14 @@ def parse(
                 first_row_of_serial,
             )
             if row is not None and not errors.total:
-                rows.append(
-                    row
-                )  # once a problem is found the rows are no longer needed
+                yielded += 1  # once a problem is found the rows are no longer needed
+                yield row
     except csv.Error as exc:
         errors.add(row_no + 1, None, _csv_error_message(exc, delimiter))
 
     errors.raise_if_any()
-    if not rows:
+    if not yielded:
         raise _file_error("The CSV has no product rows.")
-    return rows
 
 
 def _parse_row(

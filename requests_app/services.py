@@ -3,6 +3,7 @@ call these functions; none of them re-implements one."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections import defaultdict
@@ -15,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -35,6 +36,8 @@ from requests_app.models import (
 logger = logging.getLogger(__name__)
 
 OUTPUT_CHUNK = 1000
+# Products parsed, built and inserted at a time by request_create.
+INGEST_CHUNK = 2000
 
 
 class ServiceError(Exception):
@@ -47,6 +50,15 @@ class ServiceError(Exception):
 class RequestNotFinished(ServiceError):
     status_code = 409
     code = "not_finished"
+
+
+class TooManyActiveRequests(ServiceError):
+    status_code = 429
+    code = "too_many_active_requests"
+
+
+# A request in one of these still holds queue and worker time.
+ACTIVE_STATUSES = (RequestStatus.PENDING, RequestStatus.PROCESSING, RequestStatus.FINALIZING)
 
 
 @dataclass(frozen=True)
@@ -74,16 +86,17 @@ def request_create(
     and queue the work once that transaction has committed.
 
     Returns (request, created). With an idempotency key already used by this owner, the
-    original request comes back and nothing is created. Raises csv_io.CsvInvalid or
-    csv_io.CsvTooLarge for a file that cannot be accepted; nothing is stored then.
+    original request comes back and nothing is created (even over the cap below). Raises
+    csv_io.CsvInvalid or csv_io.CsvTooLarge for a file that cannot be accepted, and
+    TooManyActiveRequests when the owner already has MAX_ACTIVE_REQUESTS_PER_CLIENT requests
+    in progress; nothing is stored then.
     """
     options = options or RequestOptions(quality=settings.IMAGE_DEFAULT_QUALITY)
     if idempotency_key:
         existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing:
             return existing, False
-
-    rows = csv_io.parse(csv_file, limits=csv_limits())
+    _check_active_requests(owner)
 
     request = ProcessingRequest(
         owner=owner,
@@ -92,13 +105,53 @@ def request_create(
         quality=options.quality,
         output_format=options.output_format,
         webhook_url=options.webhook_url,
-        products_total=len(rows),
-        images_total=sum(len(row.urls) for row in rows),
     )
+    try:
+        with transaction.atomic():
+            # Rows are stored as the parser yields them, INGEST_CHUNK products at a time: a
+            # 20 MB file never exists as 200,000 model objects at once. A problem found
+            # further down raises here, and the transaction stores nothing. The request row
+            # goes in last, with its totals: the foreign keys to it are checked at commit.
+            rows = csv_io.iter_parse(csv_file, limits=csv_limits())
+            products_total = images_total = 0
+            while chunk := list(itertools.islice(rows, INGEST_CHUNK)):
+                images_total += _store_rows(request, chunk, first_position=products_total)
+                products_total += len(chunk)
+            request.products_total = products_total
+            request.images_total = images_total
+            request.save(force_insert=True)
+            transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
+    except IntegrityError:
+        _discard_partial_upload(request)
+        if idempotency_key:
+            # Two uploads raced with the same key: the other one won.
+            existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            if existing:
+                return existing, False
+        raise
+    except Exception:
+        _discard_partial_upload(request)
+        raise
+    logger.info("request %s created: %d products, %d images", request.pk, products_total, images_total)
+    return request, True
+
+
+def _discard_partial_upload(request: ProcessingRequest) -> None:
+    """On SQL the rolled-back transaction already removed the rows of a rejected upload.
+    MongoDB's atomic() is a no-op: delete what was inserted before the problem was found,
+    or those images would sit `pending` under a request that does not exist."""
+    if connection.features.supports_transactions:
+        return
+    ProductImage.objects.filter(request_id=request.pk).delete()
+    Product.objects.filter(request_id=request.pk).delete()
+
+
+def _store_rows(request: ProcessingRequest, rows: list[csv_io.ParsedRow], *, first_position: int) -> int:
+    """Insert the products and images of some CSV rows in bulk; return the image count."""
     products: list[Product] = []
     images: list[ProductImage] = []
     keys: dict[str, str] = {}
-    for position, row in enumerate(rows):
+    for position, row in enumerate(rows, start=first_position):
         product = Product(
             id=uuid.uuid4(),
             request=request,
@@ -114,22 +167,23 @@ def request_create(
                     id=uuid.uuid4(), request=request, product=product, position=index, source_url=url, source_key=key
                 )
             )
-    del rows
-    try:
-        with transaction.atomic():
-            request.save(force_insert=True)
-            Product.objects.bulk_create(products, batch_size=2000)
-            ProductImage.objects.bulk_create(images, batch_size=2000)
-            transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
-    except IntegrityError:
-        if idempotency_key:
-            # Two uploads raced with the same key: the other one won.
-            existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
-            if existing:
-                return existing, False
-        raise
-    logger.info("request %s created: %d products, %d images", request.pk, len(products), len(images))
-    return request, True
+    Product.objects.bulk_create(products, batch_size=2000)
+    ProductImage.objects.bulk_create(images, batch_size=2000)
+    return len(images)
+
+
+def _check_active_requests(owner: User) -> None:
+    """One client cannot fill the queue for everyone: over MAX_ACTIVE_REQUESTS_PER_CLIENT
+    requests in progress, a new upload is refused (429) before its CSV is even parsed.
+    Count-then-insert is not atomic, so two simultaneous uploads may overshoot by one; the
+    cap is about fairness, not an exact quota."""
+    limit = settings.MAX_ACTIVE_REQUESTS_PER_CLIENT
+    active = ProcessingRequest.objects.filter(owner=owner, status__in=ACTIVE_STATUSES).count()
+    if active >= limit:
+        raise TooManyActiveRequests(
+            f"{active} of your requests are still in progress and the limit is {limit}; "
+            "upload again once one of them has finished."
+        )
 
 
 def request_finalize(*, request_id: Any) -> str | None:
@@ -155,7 +209,15 @@ def request_finalize(*, request_id: Any) -> str | None:
 
 
 def request_finished(*, request_id: Any) -> None:
-    """Hook for what follows a request's end (the completion webhook)."""
+    """What follows a request's end: its completion webhook. This only records the event and
+    queues its delivery, never waits for the receiver. If it fails, the sweeper creates the
+    event later (requests_app.webhooks.webhook_sweep), so the request's end is not undone."""
+    from requests_app import webhooks  # webhooks imports this module
+
+    try:
+        webhooks.webhook_event_create(request_id=request_id)
+    except Exception:
+        logger.exception("request %s: could not queue its webhook; the sweeper will", request_id)
 
 
 def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
@@ -277,3 +339,13 @@ def api_key_revoke(*, prefix: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         key.refresh_from_db()
     return key
+
+
+def api_client_enable_webhooks(*, client: ApiClient) -> bool:
+    """Deliver the client's webhooks again after a 410 disabled them (the admin's switch; a
+    resend does the same). Returns whether they were disabled."""
+    enabled = ApiClient.objects.filter(pk=client.pk, webhook_disabled_at__isnull=False).update(
+        webhook_disabled_at=None, webhook_disabled_reason=""
+    )
+    client.webhook_disabled_at, client.webhook_disabled_reason = None, ""
+    return bool(enabled)
