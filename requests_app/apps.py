@@ -3,4 +3,4 @@ from django.apps import AppConfig
 
 class RequestsAppConfig(AppConfig):
     name = "requests_app"
-    verbose_name = "Processing requests"
+    verbose_name = "Requests and API clients"
