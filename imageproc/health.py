@@ -1,4 +1,4 @@
-"""GET /health/: the state of the database, the storage and the workers."""
+"""GET /health/: the state of the database, the storage, the task broker and the workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.files.storage import default_storage, storages
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django_q.brokers import get_broker
@@ -32,17 +32,30 @@ def _database() -> None:
 
 def _database_any() -> None:
     if settings.MONGODB:
+        # ensure_connection() alone proves nothing after the first call: the backend keeps
+        # one lazy MongoClient per process. A ping asks the server every time.
         connection.ensure_connection()
+        connection.connection.admin.command("ping")
     else:
         _database()
 
 
 def _storage() -> dict[str, Any]:
     default_storage.exists("health-check")
-    return {"backend": type(default_storage).__name__}
+    # storages["default"] is the backend itself; default_storage is a lazy wrapper around it.
+    return {"backend": type(storages["default"]).__name__}
+
+
+def _broker() -> dict[str, Any]:
+    broker = get_broker()
+    # The ORM broker's ping is always True (it is the database); Redis's raises when down.
+    broker.ping()
+    return {"type": broker.info(), "queued": broker.queue_size()}
 
 
 def _workers() -> dict[str, Any]:
+    """The qclusters that reported in the last few seconds (each saves its stats every
+    guard cycle with a 3 s expiry, in Redis or in the shared cache), on every machine."""
     broker = get_broker()
     clusters = Stat.get_all(broker=broker)
     return {
@@ -50,12 +63,29 @@ def _workers() -> dict[str, Any]:
         "queued": broker.queue_size(),
         "clusters": len(clusters),
         "workers": sum(len(c.workers) for c in clusters),
+        "hosts": sorted({str(c.host) for c in clusters}),
+        "details": [
+            {
+                "host": c.host,
+                "pid": c.pid,
+                "status": str(c.status),
+                "workers": len(c.workers),
+                "uptime": round(c.uptime()),
+            }
+            for c in sorted(clusters, key=lambda c: (str(c.host), c.pid))
+        ],
     }
 
 
 def health(request: HttpRequest) -> JsonResponse:
-    checks = {"database": _check(_database_any), "storage": _check(_storage), "workers": _check(_workers)}
-    ok = checks["database"]["ok"] and checks["storage"]["ok"]
+    checks = {
+        "database": _check(_database_any),
+        "storage": _check(_storage),
+        "broker": _check(_broker),
+        "workers": _check(_workers),
+    }
+    # Without the broker nothing is queued or processed (uploads would answer 500).
+    ok = checks["database"]["ok"] and checks["storage"]["ok"] and checks["broker"]["ok"]
     if checks["workers"]["ok"] and not checks["workers"].get("clusters"):
         # Uploads are still accepted and queued; nothing processes them yet.
         checks["workers"]["warning"] = "no running qcluster"

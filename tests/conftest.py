@@ -1,10 +1,15 @@
 """Fixtures that start real servers on loopback: an image server, and for end-to-end tests
-the whole service (gunicorn + qcluster through `manage.py serve`) on a file database."""
+the whole service (gunicorn + qcluster through `manage.py serve`) on a file database.
+
+E2E_LANE=scale runs the same end-to-end tests on the scale-out lane instead: PostgreSQL,
+Redis (broker and cache) and S3 (moto's server mode), with two separate qcluster processes
+standing in for two machines (tests/lanes.py; `make test-scale`)."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +25,16 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
+
+from tests.lanes import (
+    S3Bucket,
+    ScaleServices,
+    cluster_workers,
+    db_rows,
+    postgres_available,
+    redis_available,
+    scale_services_for,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Loopback addresses: the service is told that 127.0.0.2 is an allowed image host.
@@ -56,6 +71,9 @@ class Route:
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    # Writes the whole raw answer itself (trickling, lying Content-Length, ...); the fields
+    # above are then ignored.
+    respond: Callable[[BaseHTTPRequestHandler], None] | None = None
 
 
 class ImageServer:
@@ -77,6 +95,13 @@ class ImageServer:
                     route = Route(b"not found", "text/plain", 404)
                 if route.delay:
                     time.sleep(route.delay)
+                if route.respond is not None:
+                    self.close_connection = True
+                    try:
+                        route.respond(self)
+                    except OSError:
+                        pass  # the client hung up on purpose (deadline, size cap)
+                    return
                 self.send_response(route.status)
                 self.send_header("Content-Type", route.content_type)
                 self.send_header("Content-Length", str(len(route.body)))
@@ -91,7 +116,8 @@ class ImageServer:
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.base_url = f"http://{host}:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, once per test that uses the server.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def add(self, path: str, body: bytes, **kwargs: Any) -> str:
@@ -150,6 +176,69 @@ class Stack:
     env: dict[str, str]
     process: subprocess.Popen[bytes]
     log: Path
+    lane: str = "sqlite"
+    # qcluster processes started directly (start_stack(clusters=N)), not by `serve`.
+    clusters: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    scale: ScaleServices | None = None
+
+    @property
+    def bucket(self) -> S3Bucket | None:
+        return self.scale.bucket if self.scale else None
+
+    def start_cluster(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """One more `manage.py qcluster`, as on another machine; in its own session so that
+        a signal to the test's process group does not reach it."""
+        log = self.log.with_name(f"qcluster-{len(list(self.log.parent.glob('qcluster-*.log')))}.log")
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"],
+                cwd=ROOT,
+                env={**self.env, **(extra_env or {})},
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        self.clusters.append(process)
+        return process
+
+    def stop_cluster(self, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """The graceful way: SIGTERM to the main process only; it drains its workers."""
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_cluster(process)
+        if process in self.clusters:
+            self.clusters.remove(process)
+
+    def kill_cluster(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the whole cluster, main process and every child, as a machine dying would."""
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+        if process in self.clusters:
+            self.clusters.remove(process)
+
+    def workers(self, process: subprocess.Popen[bytes], *, busy: bool = False) -> list[int]:
+        return cluster_workers(process.pid, busy=busy)
+
+    def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Query the stack's database directly (%s placeholders), SQLite or PostgreSQL."""
+        return db_rows(self.env["DATABASE_URL"], sql, params)
+
+    def storage_keys(self, prefix: str = "outputs/") -> list[str]:
+        """Every object under `prefix` in the stack's storage: S3 objects, or local files."""
+        if self.bucket:
+            return self.bucket.keys(prefix)
+        root = Path(self.env["VAR_DIR"]) / "media"
+        return sorted(str(p.relative_to(root)) for p in (root / prefix).rglob("*") if p.is_file())
+
+    def logs(self) -> str:
+        parts = [self.log, *sorted(self.log.parent.glob("qcluster-*.log"))]
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in parts if p.exists())
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(
@@ -173,12 +262,50 @@ class Stack:
             if body["status"] in ("completed", "completed_with_errors", "failed"):
                 return body
             time.sleep(0.2)
-        raise AssertionError(
-            f"request {request_id} did not finish in {timeout}s: {body}\n{self.log.read_text()[-3000:]}"
-        )
+        raise AssertionError(f"request {request_id} did not finish in {timeout}s: {body}\n{self.logs()}")
 
 
-def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
+def e2e_lane() -> str:
+    lane = os.environ.get("E2E_LANE", "sqlite")
+    if lane not in ("sqlite", "scale"):
+        raise RuntimeError(f"E2E_LANE must be sqlite or scale, got {lane!r}")
+    return lane
+
+
+def start_stack(
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    lane: str | None = None,
+    clusters: int | None = None,
+    web_only: bool = False,
+    public_s3: bool = False,
+) -> Stack:
+    """The whole service as subprocesses. `lane`: "sqlite" (SQLite, ORM broker, local files)
+    or "scale" (PostgreSQL, Redis, S3 on moto); E2E_LANE by default. `clusters`: how many
+    qcluster processes to start directly, `serve --no-workers` then being only the web
+    server; 0 lets `serve` start its own. By default 0 on sqlite and 2 on scale.
+    `web_only`: no qcluster at all (start some later with Stack.start_cluster)."""
+    lane = lane or e2e_lane()
+    scale: ScaleServices | None = None
+    if lane == "scale":
+        require_service("PostgreSQL on 127.0.0.1:5432", postgres_available())
+        require_service("Redis on 127.0.0.1:6379", redis_available())
+        scale = scale_services_for(tmp, public_s3=public_s3)
+    if clusters is None:
+        clusters = 2 if lane == "scale" else 0
+    return _start_stack(tmp, extra_env, lane=lane, clusters=clusters, web_only=web_only, scale=scale)
+
+
+def _start_stack(
+    tmp: Path,
+    extra_env: dict[str, str] | None,
+    *,
+    lane: str,
+    clusters: int,
+    web_only: bool,
+    scale: ScaleServices | None,
+) -> Stack:
     port = free_port()
     env = {
         **os.environ,
@@ -189,6 +316,7 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
         "FETCH_ALLOWED_NETWORKS": f"{IMAGE_HOST}/32",
         "Q_WORKERS": "2",
         "PYTHONUNBUFFERED": "1",
+        **(scale.env if scale else {}),
         **(extra_env or {}),
     }
     env.pop("PYTEST_XDIST_WORKER", None)
@@ -201,30 +329,45 @@ def start_stack(tmp: Path, extra_env: dict[str, str] | None = None) -> Stack:
     manage("migrate", "--noinput")
     key = manage("create_api_client", "e2e").strip().splitlines()[-1]
     log = tmp / "serve.log"
+    command = [sys.executable, "manage.py", "serve", "--port", str(port)]
+    if clusters or web_only:
+        command.append("--no-workers")
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out
-        )
-    stack = Stack(f"http://127.0.0.1:{port}", key, env, process, log)
-    deadline = time.monotonic() + 30
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    stack = Stack(f"http://127.0.0.1:{port}", key, env, process, log, lane=lane, scale=scale)
+    for _ in range(clusters):
+        stack.start_cluster()
+    if not wait_clusters(stack, 0 if web_only else max(clusters, 1)):
+        stop_stack(stack)
+        raise RuntimeError(f"the service did not start:\n{stack.logs()}")
+    return stack
+
+
+def wait_clusters(stack: Stack, count: int, timeout: float = 30) -> bool:
+    """Wait until /health/ answers and sees at least `count` running qclusters."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(stack.base_url + "/health/", timeout=2).json()["checks"]["workers"].get("clusters"):
-                return stack
+            checks = requests.get(stack.base_url + "/health/", timeout=5).json()["checks"]
+            if not count or checks["workers"]["clusters"] >= count:
+                return True
         except (requests.RequestException, ValueError, KeyError):
             pass
         time.sleep(0.3)
-    stop_stack(stack)
-    raise RuntimeError(f"the service did not start:\n{log.read_text()[-3000:]}")
+    return False
 
 
 def stop_stack(stack: Stack) -> None:
+    for cluster in list(stack.clusters):
+        stack.stop_cluster(cluster)
     if stack.process.poll() is None:
         stack.process.send_signal(2)  # SIGINT, as Ctrl-C would
         try:
             stack.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             stack.process.kill()
+    # The scale lane's database, Redis keys and bucket outlive the stack, as its SQLite file
+    # does: a stack restarted on the same folder finds them (tests/lanes.py).
 
 
 @pytest.fixture(scope="module")
