@@ -54,7 +54,8 @@ class Command(BaseCommand):
             "--workers", str(web_workers),
             "--threads", "4",
             "--timeout", "120",
-            "--graceful-timeout", "30",
+            # A browser tab keeps a connection open: Ctrl-C should not wait 30 s for it.
+            "--graceful-timeout", "10",
             "--access-logfile", "-",
         ]  # fmt: skip
         children["web"] = subprocess.Popen(web_cmd, start_new_session=True)
