@@ -131,9 +131,7 @@ class ParsedRow:
 @dataclass(frozen=True)
 class RowError:
     row: int | None  # None for file-level problems
-    column: (
-        str | None
-    )  # canonical column name: "S. No.", "Product Name", "Input Image Urls" or None
+    column: str | None  # canonical column name: "S. No.", "Product Name", "Input Image Urls" or None
     message: str
 
 
@@ -162,9 +160,7 @@ class CsvTooLarge(Exception):
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        super().__init__(
-            f"The CSV is larger than the limit of {_human_bytes(max_bytes)} ({max_bytes} bytes)."
-        )
+        super().__init__(f"The CSV is larger than the limit of {_human_bytes(max_bytes)} ({max_bytes} bytes).")
 
     def __reduce__(self) -> tuple[type[CsvTooLarge], tuple[int]]:
         return (CsvTooLarge, (self.max_bytes,))
@@ -234,14 +230,10 @@ def _read_limited(data: bytes | IO[bytes], max_bytes: int) -> bytes:
     wanted = max_bytes + 1
     first = data.read(wanted)
     if isinstance(first, str):
-        raise TypeError(
-            "parse() needs a binary file object (opened in 'rb' mode), not a text one"
-        )
+        raise TypeError("parse() needs a binary file object (opened in 'rb' mode), not a text one")
     chunks = [first]
     size = len(first)
-    while (
-        first and size < wanted
-    ):  # short reads (pipes, sockets): go on until EOF or over the limit
+    while first and size < wanted:  # short reads (pipes, sockets): go on until EOF or over the limit
         more = data.read(wanted - size)
         if not more:
             break
@@ -249,11 +241,7 @@ def _read_limited(data: bytes | IO[bytes], max_bytes: int) -> bytes:
         size += len(more)
     if size > max_bytes:
         raise CsvTooLarge(max_bytes)
-    return (
-        chunks[0]
-        if len(chunks) == 1 and isinstance(chunks[0], bytes)
-        else b"".join(chunks)
-    )
+    return chunks[0] if len(chunks) == 1 and isinstance(chunks[0], bytes) else b"".join(chunks)
 
 
 _UTF8_BOM = codecs.BOM_UTF8
@@ -277,25 +265,15 @@ def _check_text(raw: bytes) -> None:
             codecs.BOM_UTF16_BE,
         )
     ):
-        raise _file_error(
-            f"{_NOT_TEXT}: it is UTF-16/UTF-32 text. Save it as 'CSV UTF-8' and upload it again."
-        )
+        raise _file_error(f"{_NOT_TEXT}: it is UTF-16/UTF-32 text. Save it as 'CSV UTF-8' and upload it again.")
     if raw.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")):
-        raise _file_error(
-            f"{_NOT_TEXT}: it looks like an Excel workbook. Save it as 'CSV UTF-8' and upload it again."
-        )
+        raise _file_error(f"{_NOT_TEXT}: it looks like an Excel workbook. Save it as 'CSV UTF-8' and upload it again.")
     if b"\x00" in raw:
-        raise _file_error(
-            f"{_NOT_TEXT}: it contains NUL bytes (is it an image or another binary file?)."
-        )
+        raise _file_error(f"{_NOT_TEXT}: it contains NUL bytes (is it an image or another binary file?).")
     if _BINARY_CONTROLS.search(raw):
         raise _file_error(f"{_NOT_TEXT}: it contains binary control characters.")
-    if not _NOT_BLANK.search(
-        raw, len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
-    ):  # no copy of raw
-        raise _file_error(
-            "The file is empty: expected a header row (S. No., Product Name, Input Image Urls)."
-        )
+    if not _NOT_BLANK.search(raw, len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0):  # no copy of raw
+        raise _file_error("The file is empty: expected a header row (S. No., Product Name, Input Image Urls).")
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -324,9 +302,7 @@ def _open_text(raw: bytes) -> io.TextIOWrapper:
         raise _file_error(
             "The file is neither UTF-8 nor Windows-1252 text. Save it as 'CSV UTF-8' and upload it again."
         )
-    if raw.startswith(
-        _UTF8_BOM
-    ):  # a UTF-8 BOM on a file that is not UTF-8: drop it anyway
+    if raw.startswith(_UTF8_BOM):  # a UTF-8 BOM on a file that is not UTF-8: drop it anyway
         buffer.seek(len(_UTF8_BOM))
     return io.TextIOWrapper(buffer, encoding="cp1252", newline="")
 
@@ -343,16 +319,12 @@ def _header_key(name: str) -> str:
 
 
 _ALIAS_TO_COLUMN: dict[str, str] = {
-    _header_key(alias): column
-    for column, aliases in _HEADER_ALIASES.items()
-    for alias in aliases
+    _header_key(alias): column for column, aliases in _HEADER_ALIASES.items() for alias in aliases
 }
 
 
 def _recognised(cells: list[str]) -> int:
-    return len(
-        {_ALIAS_TO_COLUMN[k] for k in map(_header_key, cells) if k in _ALIAS_TO_COLUMN}
-    )
+    return len({_ALIAS_TO_COLUMN[k] for k in map(_header_key, cells) if k in _ALIAS_TO_COLUMN})
 
 
 def _sniff_delimiter(first_line: str) -> str:
@@ -360,9 +332,7 @@ def _sniff_delimiter(first_line: str) -> str:
     best, best_score = ",", -1
     for delimiter in (",", ";"):
         try:
-            cells = next(
-                csv.reader([first_line], delimiter=delimiter, skipinitialspace=True), []
-            )
+            cells = next(csv.reader([first_line], delimiter=delimiter, skipinitialspace=True), [])
         except csv.Error:
             continue
         score = _recognised(cells)
@@ -436,9 +406,7 @@ def _csv_error_message(exc: csv.Error, delimiter: str) -> str:
     return f"The CSV cannot be read from here on: {text}."
 
 
-def parse(
-    data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()
-) -> list[ParsedRow]:
+def parse(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> list[ParsedRow]:
     """Parse and validate a product CSV upload.
 
     ``data`` is the upload's bytes or a binary file object (read from its current position,
@@ -450,9 +418,7 @@ def parse(
     return list(iter_parse(data, limits=limits))
 
 
-def iter_parse(
-    data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()
-) -> Iterator[ParsedRow]:
+def iter_parse(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> Iterator[ParsedRow]:
     """``parse`` as a stream: yields the valid rows while no problem has been found yet,
     and raises CsvTooLarge or CsvInvalid at the point ``parse`` would — possibly after
     some rows were yielded, so a caller storing rows as they come does so in a transaction
@@ -479,9 +445,7 @@ def iter_parse(
     try:
         header = next(reader, [])
     except csv.Error as exc:
-        raise _file_error(
-            f"The header row cannot be read: {_csv_error_message(exc, delimiter)}"
-        ) from None
+        raise _file_error(f"The header row cannot be read: {_csv_error_message(exc, delimiter)}") from None
     positions = _map_header(header, errors)
     errors.raise_if_any()  # without a usable header the rows cannot be read
     i_serial, i_name, i_urls = (
@@ -596,9 +560,7 @@ def _parse_row(
 
     if errors.total != before:
         return None
-    return ParsedRow(
-        row=row_no, serial_number=serial, product_name=name, urls=tuple(urls)
-    )
+    return ParsedRow(row=row_no, serial_number=serial, product_name=name, urls=tuple(urls))
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,9 +583,7 @@ def escape_cell(value: str) -> str:
     numbers (``-2``, ``+3.5``, ``-.5``) are left alone so they stay numeric; exponent forms
     such as ``-0.5e3`` are escaped (conservative: they are not "plain" numbers).
     """
-    if value.lstrip(" ").startswith(_FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(
-        value
-    ):
+    if value.lstrip(" ").startswith(_FORMULA_TRIGGERS) and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value
 

@@ -99,31 +99,23 @@ def test_comma_delimiter_wins_even_if_cells_contain_semicolons() -> None:
     "serial",
     ["S. No.", "S.No", "SNo", "Serial Number", "serial_number", "No", " s. no. "],
 )
-@pytest.mark.parametrize(
-    "name", ["Product Name", "product_name", "Name", "PRODUCT\u00a0NAME"]
-)
+@pytest.mark.parametrize("name", ["Product Name", "product_name", "Name", "PRODUCT\u00a0NAME"])
 @pytest.mark.parametrize(
     "urls",
     ["Input Image Urls", "Image URLs", "image_urls", "Input Image URLs", "Images"],
 )
 def test_header_variants(serial: str, name: str, urls: str) -> None:
     header = ",".join(f'"{h}"' if "," in h else h for h in (serial, name, urls)) + "\n"
-    assert parse(csv_bytes(f"7,Shirt,{A}", header=header)) == [
-        ParsedRow(2, "7", "Shirt", (A,))
-    ]
+    assert parse(csv_bytes(f"7,Shirt,{A}", header=header)) == [ParsedRow(2, "7", "Shirt", (A,))]
 
 
 def test_header_punctuation_and_unicode_spaces_are_ignored() -> None:
     header = "S/No,\u2007Product-Name:\u202f,(Input\u00a0Image\tURLs)\n"
-    assert parse(csv_bytes(f"7,Shirt,{A}", header=header)) == [
-        ParsedRow(2, "7", "Shirt", (A,))
-    ]
+    assert parse(csv_bytes(f"7,Shirt,{A}", header=header)) == [ParsedRow(2, "7", "Shirt", (A,))]
 
 
 def test_original_design_header_and_column_order_and_extra_columns() -> None:
-    data = csv_bytes(
-        f"{A},note,Shirt,,9", header="image_urls,comment,product_name,,serial_number\n"
-    )
+    data = csv_bytes(f"{A},note,Shirt,,9", header="image_urls,comment,product_name,,serial_number\n")
     assert parse(data) == [ParsedRow(2, "9", "Shirt", (A,))]
 
 
@@ -140,9 +132,7 @@ def test_cells_are_stripped_and_space_after_delimiter_is_allowed() -> None:
 
 
 def test_blank_lines_ignored_but_counted() -> None:
-    data = csv_bytes(
-        "", f"1,a,{A}", ",,", " , ,  ", f'2,"multi\nline",{B}', "", f"3,c,{C}", ""
-    )
+    data = csv_bytes("", f"1,a,{A}", ",,", " , ,  ", f'2,"multi\nline",{B}', "", f"3,c,{C}", "")
     rows = parse(data)
     # Row 2 blank; 3 data; 4 and 5 blank; 6 data (one record over two lines); 7 blank; 8 data.
     assert [(r.row, r.serial_number) for r in rows] == [(3, "1"), (6, "2"), (8, "3")]
@@ -156,12 +146,7 @@ def test_row_numbers_in_errors_count_blank_lines_and_multiline_records() -> None
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"], ids=["crlf", "lf", "cr"])
 def test_line_endings(newline: str) -> None:
-    text = (
-        newline.join(
-            ["S. No.,Product Name,Input Image Urls", f"1,a,{A}", "", f"2,b,{B}"]
-        )
-        + newline
-    )
+    text = newline.join(["S. No.,Product Name,Input Image Urls", f"1,a,{A}", "", f"2,b,{B}"]) + newline
     assert [(r.row, r.urls) for r in parse(text.encode())] == [(2, (A,)), (4, (B,))]
 
 
@@ -247,12 +232,8 @@ ROW_ERRORS: list[tuple[str, list[str], list[tuple[int | None, str | None, str]]]
 ]
 
 
-@pytest.mark.parametrize(
-    ("lines", "expected"), [c[1:] for c in ROW_ERRORS], ids=[c[0] for c in ROW_ERRORS]
-)
-def test_row_errors(
-    lines: list[str], expected: list[tuple[int | None, str | None, str]]
-) -> None:
+@pytest.mark.parametrize(("lines", "expected"), [c[1:] for c in ROW_ERRORS], ids=[c[0] for c in ROW_ERRORS])
+def test_row_errors(lines: list[str], expected: list[tuple[int | None, str | None, str]]) -> None:
     exc = invalid(csv_bytes(*lines))
     assert triples(exc) == [(row, column) for row, column, _ in expected]
     for error, (_, _, text) in zip(exc.errors, expected, strict=True):
@@ -269,16 +250,12 @@ def test_too_many_urls() -> None:
     ok = csv_bytes(f'1,a,"{A},{B},{C}"')
     assert parse(ok, limits=limits)[0].urls == (A, B, C)
     exc = invalid(csv_bytes(f"1,a,{A}", f'2,b,"{A},{B},{C},{A}"'), limits)
-    assert exc.errors == [
-        RowError(3, URLS, "4 image URLs; at most 3 are allowed per row.")
-    ]
+    assert exc.errors == [RowError(3, URLS, "4 image URLs; at most 3 are allowed per row.")]
 
 
 def test_too_many_rows_stops_there() -> None:
     limits = CsvLimits(max_rows=2)
-    assert (
-        len(parse(csv_bytes(f"1,a,{A}", "", f"2,b,{A}", ""), limits=limits)) == 2
-    )  # blank lines don't count
+    assert len(parse(csv_bytes(f"1,a,{A}", "", f"2,b,{A}", ""), limits=limits)) == 2  # blank lines don't count
     exc = invalid(csv_bytes(f"1,a,{A}", "", f"2,b,{A}", f"3,c,{A}", "4,,"), limits)
     assert triples(exc) == [(5, None)]  # row 6's problems are not looked at
     assert exc.total == 1
@@ -311,9 +288,7 @@ def test_missing_columns(header: str, missing: list[str]) -> None:
 
 
 def test_duplicate_header_column() -> None:
-    exc = invalid(
-        csv_bytes(f"1,a,b,{A}", header="S. No.,Name,Product Name,Image URLs\n")
-    )
+    exc = invalid(csv_bytes(f"1,a,b,{A}", header="S. No.,Name,Product Name,Image URLs\n"))
     assert triples(exc) == [(1, NAME)]
     assert exc.errors[0].message == (
         'Columns B ("Name") and C ("Product Name") are both \'Product Name\'; keep only one.'
@@ -321,10 +296,7 @@ def test_duplicate_header_column() -> None:
 
 
 def test_duplicate_header_column_with_bom_names_the_clean_header() -> None:
-    exc = invalid(
-        b"\xef\xbb\xbf"
-        + csv_bytes(f"1,2,a,{A}", header="S. No.,Serial Number,Name,Images\n")
-    )
+    exc = invalid(b"\xef\xbb\xbf" + csv_bytes(f"1,2,a,{A}", header="S. No.,Serial Number,Name,Images\n"))
     assert triples(exc) == [(1, SERIAL)]
     assert 'Columns A ("S. No.") and B ("Serial Number")' in exc.errors[0].message
 
@@ -362,18 +334,13 @@ def test_several_errors_at_once_all_listed_in_order() -> None:
 def test_error_cap_keeps_counting() -> None:
     data = csv_bytes(*(f"{i},,{A}" for i in range(1, 21)))
     exc = invalid(data, CsvLimits(max_errors=5))
-    assert exc.errors == [
-        RowError(row, NAME, "Product Name is empty.") for row in range(2, 7)
-    ]
+    assert exc.errors == [RowError(row, NAME, "Product Name is empty.") for row in range(2, 7)]
     assert exc.total == 20
     assert exc.detail == "The CSV has 20 problems; the first 5 are listed."
 
 
 def test_single_row_error_detail() -> None:
-    assert (
-        invalid(csv_bytes("1,,https://a.example/")).detail
-        == "The CSV has 1 problem; it is listed."
-    )
+    assert invalid(csv_bytes("1,,https://a.example/")).detail == "The CSV has 1 problem; it is listed."
 
 
 # File-level problems -----------------------------------------------------------------------
@@ -415,9 +382,7 @@ def test_file_level_errors(data: bytes, text: str) -> None:
     assert triples(exc) == [(None, None)]
     assert text in exc.errors[0].message
     assert exc.total == 1
-    assert (
-        exc.detail == exc.errors[0].message
-    )  # one file-level problem: the detail is the problem
+    assert exc.detail == exc.errors[0].message  # one file-level problem: the detail is the problem
 
 
 def test_no_product_rows_message() -> None:
@@ -437,9 +402,7 @@ def test_huge_field_is_a_clean_error() -> None:
 
 
 def test_unclosed_quote_swallowing_the_file_is_a_clean_error() -> None:
-    exc = invalid(
-        csv_bytes(f"1,a,{A}", f'2,"b,{A}', *(f"{i},n,{A}" for i in range(3, 50)))
-    )
+    exc = invalid(csv_bytes(f"1,a,{A}", f'2,"b,{A}', *(f"{i},n,{A}" for i in range(3, 50))))
     assert triples(exc) == [(3, None)]
     assert "never closed" in exc.errors[0].message
 
@@ -461,9 +424,7 @@ def test_unreadable_header_is_a_clean_error() -> None:
 
 def test_too_large_bytes() -> None:
     data = csv_bytes(f"1,a,{A}")
-    assert parse(
-        data, limits=CsvLimits(max_bytes=len(data))
-    )  # exactly the limit is fine
+    assert parse(data, limits=CsvLimits(max_bytes=len(data)))  # exactly the limit is fine
     with pytest.raises(CsvTooLarge) as info:
         parse(data, limits=CsvLimits(max_bytes=len(data) - 1))
     assert str(len(data) - 1) in str(info.value)
@@ -512,9 +473,7 @@ def test_too_large_file_object_with_short_reads() -> None:
 
 def test_file_object_at_limit_and_one_over() -> None:
     data = csv_bytes(f"1,a,{A}")
-    assert parse(io.BytesIO(data), limits=CsvLimits(max_bytes=len(data)))[0].urls == (
-        A,
-    )
+    assert parse(io.BytesIO(data), limits=CsvLimits(max_bytes=len(data)))[0].urls == (A,)
     with pytest.raises(CsvTooLarge):
         parse(io.BytesIO(data + b"\n"), limits=CsvLimits(max_bytes=len(data)))
 
@@ -641,16 +600,12 @@ def test_render_output_chunks() -> None:
     batched = list(render_output(iter(rows), min_chunk=1000))
     assert "".join(batched) == "".join(chunks)
     assert batched[0] == chunks[0]
-    assert all(len(c) >= 1000 for c in batched[1:-1]) and all(
-        c.endswith("\r\n") for c in batched
-    )
+    assert all(len(c) >= 1000 for c in batched[1:-1]) and all(c.endswith("\r\n") for c in batched)
     assert 2 < len(batched) < 10
 
 
 def test_render_output_header_only_and_lazy() -> None:
-    assert list(render_output([])) == [
-        "S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"
-    ]
+    assert list(render_output([])) == ["S. No.,Product Name,Input Image Urls,Output Image Urls\r\n"]
 
     def rows() -> Any:
         yield ("1", "a", [A], [None])
