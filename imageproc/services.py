@@ -7,11 +7,13 @@ sweeper re-queueing work a live worker still holds, changes nothing twice.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -37,6 +39,10 @@ from requests_app.models import ProcessingRequest, RequestStatus
 logger = logging.getLogger(__name__)
 
 ERROR_MESSAGE_MAX = 500
+# Distinct URLs a task claims at a time once its own batch is under way.
+STEAL_URLS = 8
+# After compressing an input this big, the worker returns freed heap pages to the system.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
 
 
 @cache
@@ -52,17 +58,51 @@ def fetch_policy() -> FetchPolicy:
 
 
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+
+# glibc's mallopt parameters (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
-def _io_pool() -> ThreadPoolExecutor:
-    """One I/O pool per worker process, created lazily after django-q2 forks the worker,
-    so that kept-alive connections are reused from one batch to the next."""
-    global _pool
+def _io_pools() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+    """The download and the upload pool of this worker process, created lazily after
+    django-q2 forks the worker, so that kept-alive connections are reused from one batch
+    to the next. Uploads have their own, smaller pool: each of its threads holds a boto3
+    session (tens of MB), and an upload never waits behind downloads."""
+    global _pools
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=settings.IMAGE_IO_THREADS, thread_name_prefix="imageio")
-        return _pool
+        if _pools is None:
+            _tune_malloc()
+            threads = settings.IMAGE_IO_THREADS
+            _pools = (
+                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imagefetch"),
+                ThreadPoolExecutor(max_workers=max(2, threads // 4), thread_name_prefix="imagestore"),
+            )
+        return _pools
+
+
+_libc: Any = None
+
+
+def _tune_malloc() -> None:
+    """Multi-MB downloads freed by many threads fragment glibc's heap: a worker kept 600 MB
+    on 12 MP images. Fixed-threshold mmap for big blocks (returned to the system when
+    freed) and two arenas held it near 300 MB (bench/). A no-op where libc is not glibc."""
+    global _libc
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)
+        libc.mallopt(_M_ARENA_MAX, 2)
+        _libc = libc
+    except (OSError, AttributeError):
+        pass
+
+
+def _trim_malloc() -> None:
+    """Give freed heap pages back to the system (after a big image)."""
+    if _libc is not None and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
 
 
 # --- Dispatch -----------------------------------------------------------------------------
@@ -124,6 +164,7 @@ class _Group:
     fetch_ms: int = 0
     compress_ms: int = 0
     store_ms: int = 0
+    name: str = ""
 
 
 def _ms(start: float) -> int:
@@ -144,8 +185,15 @@ def _timed_store(name: str, data: bytes, content_type: str) -> tuple[str, int]:
 
 
 def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
-    """Process one batch: claim, fetch concurrently, compress here, store concurrently,
-    record each result as it lands, then try to claim the request's finalisation."""
+    """Process one batch: claim, then stream it through fetch (concurrent) → compress (here)
+    → store (concurrent), recording results as they land; then try to claim the request's
+    finalisation.
+
+    When its own images are all under way, the task claims more pending images of the same
+    request (first attempts only, for IMAGE_STEAL_SECONDS at most), so that a worker never
+    waits at a batch boundary for the first download of its next batch, and the workers end
+    a request together. The tasks of the images it took find them claimed and do nothing.
+    """
     token = uuid.uuid4().hex
     now = timezone.now()
     claimed = ProductImage.objects.filter(pk__in=image_ids, status=ImageStatus.PENDING).update(
@@ -162,76 +210,231 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
     options = CompressOptions(
         quality=request.quality, output_format=request.output_format, max_pixels=settings.IMAGE_MAX_PIXELS
     )
-
-    groups: dict[str, _Group] = {}
-    for image_id, url, key in ProductImage.objects.filter(claim_token=token).values_list(
-        "id", "source_url", "source_key"
-    ):
-        groups.setdefault(key, _Group(url=url, key=key)).ids.append(image_id)
-
-    pool = _io_pool()
-    policy = fetch_policy()
-    jobs: dict[Future[Any], tuple[str, _Group]] = {
-        pool.submit(_timed_fetch, g.url, policy): ("fetch", g) for g in groups.values()
-    }
-    while jobs:
-        finished, _ = wait(jobs, return_when=FIRST_COMPLETED)
-        for future in finished:
-            stage, group = jobs.pop(future)
-            try:
-                if stage == "fetch":
-                    fetched, group.fetch_ms = future.result()
-                    group.bytes_in = len(fetched.data)
-                    start = time.perf_counter()
-                    group.result = compress(fetched.data, options)
-                    group.compress_ms = _ms(start)
-                    del fetched
-                    name = image_output_name(request_id, group.key, group.result.extension)
-                    store = pool.submit(_timed_store, name, group.result.data, group.result.content_type)
-                    jobs[store] = ("store", group)
-                elif group.result is not None:
-                    name, group.store_ms = future.result()
-                    _record_done(request_id, token, group, group.result, name)
-            except (FetchError, ImageRejected) as exc:
-                _record_failed(request_id, token, group.ids, exc.code, exc.message)
-            except Exception as exc:
-                # One bad image must not take its batch down; the reason is kept on the row.
-                logger.exception("image %s failed at %s", group.url, stage)
-                code = "storage_error" if stage == "store" else "internal_error"
-                _record_failed(request_id, token, group.ids, code, f"{type(exc).__name__}: {exc}")
-            if stage == "store":
-                group.result = None  # the bytes are stored: let them go
+    groups, retried = _claimed_groups(ProductImage.objects.filter(claim_token=token))
+    _crash_hook(groups)
+    # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
+    # the worker again, it must not take images it stole with it.
+    stream = _Stream(request_id, token, options, groups, steal=not retried)
+    stream.run()
+    logger.info(
+        "request %s: %d URLs in %.2f s, the compressor idle %.2f s of it",
+        request_id,
+        stream.fetched,
+        time.monotonic() - stream.started,
+        stream.waited,
+    )
     request_try_finalize(request_id=request_id)
 
 
-def _record_done(request_id: Any, token: str, group: _Group, result: CompressResult, name: str) -> None:
-    bytes_in = group.bytes_in
-    bytes_out = len(result.data)
-    now = timezone.now()
-    with transaction.atomic():
-        changed = ProductImage.objects.filter(
-            pk__in=group.ids, claim_token=token, status=ImageStatus.PROCESSING
-        ).update(
-            status=ImageStatus.DONE,
-            finished_at=now,
-            output_name=name,
-            kept_original=result.kept_original,
-            bytes_in=bytes_in,
-            bytes_out=bytes_out,
-            width=result.width,
-            height=result.height,
-            input_format=result.input_format,
-            fetch_ms=group.fetch_ms,
-            compress_ms=group.compress_ms,
-            store_ms=group.store_ms,
-            error_code="",
-            error_message="",
+def _claimed_groups(images: Any) -> tuple[list[_Group], bool]:
+    """The claimed images grouped by source URL, and whether any of them is a retry."""
+    groups: dict[str, _Group] = {}
+    retried = False
+    # order_by(): Meta.ordering (product, then its request) would join two more tables or
+    # collections into a read that needs only this one (tests/test_mongo_offline.py).
+    for image_id, url, key, attempts in images.order_by().values_list("id", "source_url", "source_key", "attempts"):
+        groups.setdefault(key, _Group(url=url, key=key)).ids.append(image_id)
+        retried = retried or attempts > 1
+    return list(groups.values()), retried
+
+
+class _Stream:
+    """The pipeline of one task. The main thread compresses one image at a time; the I/O
+    pool downloads ahead of it and uploads behind it.
+
+    Downloads run ahead within a memory budget (IMAGE_PREFETCH_BYTES of inputs downloaded
+    or, at the average size seen so far, being downloaded), so a worker fed 12 MP PNGs holds
+    a few of them, not IMAGE_IO_THREADS. Results are recorded in one transaction per round.
+    """
+
+    def __init__(
+        self, request_id: Any, token: str, options: CompressOptions, groups: list[_Group], *, steal: bool
+    ) -> None:
+        self.request_id = request_id
+        self.token = token
+        self.options = options
+        self.todo: deque[_Group] = deque(groups)
+        self.fetching: dict[Future[tuple[FetchResult, int]], _Group] = {}
+        self.storing: dict[Future[tuple[str, int]], _Group] = {}
+        self.ready: deque[tuple[_Group, bytes]] = deque()
+        self.finished: list[_Group] = []
+        self.held = 0  # bytes of inputs downloaded and not yet compressed
+        self.fetched = 0
+        self.fetched_bytes = 0
+        self.threads = settings.IMAGE_IO_THREADS
+        self.budget = settings.IMAGE_PREFETCH_BYTES
+        self.started = time.monotonic()
+        self.steal_until = self.started + settings.IMAGE_STEAL_SECONDS if steal else 0.0
+        self.fetch_pool, self.store_pool = _io_pools()
+        self.waited = 0.0  # seconds the compressor had nothing to do
+        self.policy = fetch_policy()
+
+    def run(self) -> None:
+        while self.todo or self.fetching or self.ready or self.storing:
+            self._fetch_ahead()
+            if self.ready:
+                group, data = self.ready.popleft()
+                self._compress(group, data)
+                self.held -= len(data)  # counted until now: it was in memory all along
+                if len(data) >= TRIM_AFTER_BYTES:
+                    del data
+                    _trim_malloc()
+                self._collect(block=False)
+            else:
+                self._collect(block=True)
+            self._record()
+
+    def _expected_size(self) -> int:
+        # Before the first download ends, assume a large photograph.
+        return self.fetched_bytes // self.fetched if self.fetched else 4 * 1024 * 1024
+
+    def _fetch_ahead(self) -> None:
+        while len(self.fetching) < self.threads:
+            in_memory = self.held + len(self.fetching) * self._expected_size()
+            # Always keep one download going while the CPU has nothing to do.
+            if in_memory >= self.budget and (self.fetching or self.ready):
+                return
+            if not self.todo:
+                # Claim only what can be downloaded now: images claimed and left waiting
+                # here are images another worker, idle at the end of the request, cannot take.
+                room = max(1, (self.budget - in_memory) // self._expected_size())
+                if not self._steal(min(STEAL_URLS, room, self.threads - len(self.fetching))):
+                    return
+                continue  # what was claimed may be nothing: look again
+            group = self.todo.popleft()
+            self.fetching[self.fetch_pool.submit(_timed_fetch, group.url, self.policy)] = group
+
+    def _steal(self, urls: int) -> bool:
+        """Claim up to `urls` more pending URLs of the request; False when there are none."""
+        if time.monotonic() > self.steal_until:
+            return False
+        pending = ProductImage.objects.filter(request_id=self.request_id, status=ImageStatus.PENDING, attempts=0)
+        keys: list[str] = []
+        for key in pending.order_by().values_list("source_key", flat=True)[: urls * 4]:
+            if key not in keys:
+                keys.append(key)
+                if len(keys) == urls:
+                    break
+        if not keys:
+            self.steal_until = 0.0
+            return False
+        # Every copy of these URLs, so that each is still fetched once.
+        ids = list(pending.filter(source_key__in=keys).order_by().values_list("id", flat=True))
+        claimed = ProductImage.objects.filter(pk__in=ids, status=ImageStatus.PENDING).update(
+            status=ImageStatus.PROCESSING, claim_token=self.token, claimed_at=timezone.now(), attempts=F("attempts") + 1
         )
-        if changed:
+        if claimed:
+            groups, _ = _claimed_groups(ProductImage.objects.filter(pk__in=ids, claim_token=self.token))
+            _crash_hook(groups)
+            self.todo.extend(groups)
+        return True  # if another worker was quicker, the caller looks again
+
+    def _compress(self, group: _Group, data: bytes) -> None:
+        start = time.perf_counter()
+        try:
+            group.result = compress(data, self.options)
+        except ImageRejected as exc:
+            _record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+            return
+        except Exception as exc:
+            logger.exception("image %s failed at compress", group.url)
+            _record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        group.compress_ms = _ms(start)
+        name = image_output_name(self.request_id, group.key, group.result.extension)
+        future = self.store_pool.submit(_timed_store, name, group.result.data, group.result.content_type)
+        self.storing[future] = group
+
+    def _collect(self, *, block: bool) -> None:
+        futures: list[Future[Any]] = [*self.fetching, *self.storing]
+        if block:
+            start = time.perf_counter()
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            self.waited += time.perf_counter() - start
+        else:
+            done = {f for f in futures if f.done()}
+        for future in done:
+            if future in self.fetching:
+                group = self.fetching.pop(future)
+                try:
+                    fetched, group.fetch_ms = future.result()
+                except FetchError as exc:
+                    _record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+                    continue
+                except Exception as exc:
+                    logger.exception("image %s failed at fetch", group.url)
+                    _record_failed(
+                        self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}"
+                    )
+                    continue
+                group.bytes_in = len(fetched.data)
+                self.held += group.bytes_in
+                self.fetched += 1
+                self.fetched_bytes += group.bytes_in
+                self.ready.append((group, fetched.data))
+            else:
+                group = self.storing.pop(future)
+                try:
+                    group.name, group.store_ms = future.result()
+                except Exception as exc:
+                    logger.exception("image %s failed at store", group.url)
+                    _record_failed(
+                        self.request_id, self.token, group.ids, "storage_error", f"{type(exc).__name__}: {exc}"
+                    )
+                    group.result = None
+                    continue
+                self.finished.append(group)
+
+    def _record(self) -> None:
+        if self.finished:
+            _record_done(self.request_id, self.token, self.finished)
+            self.finished = []
+
+
+def _crash_hook(groups: Iterable[_Group]) -> None:
+    """TEST ONLY (IMAGEPROC_CRASH_ON_URL_SUBSTRING, empty in real deployments): die holding
+    the claim, as a worker killed by the OOM killer or a segfaulting decoder would."""
+    marker = settings.IMAGEPROC_CRASH_ON_URL_SUBSTRING
+    if marker and any(marker in group.url for group in groups):
+        logger.critical("IMAGEPROC_CRASH_ON_URL_SUBSTRING matched: this worker exits now (test hook)")
+        os._exit(1)
+
+
+def _record_done(request_id: Any, token: str, groups: list[_Group]) -> None:
+    """Mark stored images done and count them, in one short transaction for them all."""
+    now = timezone.now()
+    done = bytes_in = bytes_out = 0
+    with transaction.atomic():
+        for group in groups:
+            result = group.result
+            assert result is not None
+            changed = ProductImage.objects.filter(
+                pk__in=group.ids, claim_token=token, status=ImageStatus.PROCESSING
+            ).update(
+                status=ImageStatus.DONE,
+                finished_at=now,
+                output_name=group.name,
+                kept_original=result.kept_original,
+                bytes_in=group.bytes_in,
+                bytes_out=len(result.data),
+                width=result.width,
+                height=result.height,
+                input_format=result.input_format,
+                fetch_ms=group.fetch_ms,
+                compress_ms=group.compress_ms,
+                store_ms=group.store_ms,
+                error_code="",
+                error_message="",
+            )
+            done += changed
+            bytes_in += changed * group.bytes_in
+            bytes_out += changed * len(result.data)
+            group.result = None  # the bytes are stored: let them go
+        if done:
             ProcessingRequest.objects.filter(pk=request_id).update(
-                images_done=F("images_done") + changed,
-                bytes_in=F("bytes_in") + changed * bytes_in,
-                bytes_out=F("bytes_out") + changed * bytes_out,
+                images_done=F("images_done") + done,
+                bytes_in=F("bytes_in") + bytes_in,
+                bytes_out=F("bytes_out") + bytes_out,
                 updated_at=now,
             )
 
@@ -282,6 +485,7 @@ class SweepReport:
     dispatched: int = 0
     reconciled: int = 0
     refinalized: int = 0
+    webhooks: int = 0
 
     def __bool__(self) -> bool:
         return any(vars(self).values())
@@ -304,7 +508,10 @@ def sweep(*, now: Any = None) -> SweepReport:
     stale = ProductImage.objects.filter(
         status=ImageStatus.PROCESSING, claimed_at__lt=now - timedelta(seconds=settings.IMAGE_STALE_AFTER)
     )
-    for request_id, image_id, attempts, token in stale.values_list("request_id", "id", "attempts", "claim_token"):
+    # order_by() keeps these reads on one table/collection (see image_process).
+    for request_id, image_id, attempts, token in stale.order_by().values_list(
+        "request_id", "id", "attempts", "claim_token"
+    ):
         if attempts >= settings.IMAGE_MAX_ATTEMPTS:
             report.gave_up += _record_failed(
                 request_id,
@@ -313,6 +520,9 @@ def sweep(*, now: Any = None) -> SweepReport:
                 "too_many_attempts",
                 f"The worker processing this image stopped (crash or timeout) {attempts} times.",
             )
+            # It may have been the request's last image: nobody else will claim the end.
+            if request_try_finalize(request_id=request_id):
+                report.refinalized += 1
             continue
         reset = ProductImage.objects.filter(pk=image_id, claim_token=token, status=ImageStatus.PROCESSING).update(
             status=ImageStatus.PENDING, claim_token="", queued_at=now
@@ -328,6 +538,7 @@ def sweep(*, now: Any = None) -> SweepReport:
         orphaned |= Q(queued_at__lt=now - timedelta(seconds=settings.IMAGE_ORPHAN_AFTER))
     request_ids = set(
         ProductImage.objects.filter(orphaned, status=ImageStatus.PENDING)
+        .order_by()
         .values_list("request_id", flat=True)
         .distinct()
     )
@@ -350,6 +561,14 @@ def sweep(*, now: Any = None) -> SweepReport:
         async_task("requests_app.tasks.finalize_request", str(request_id))
         report.refinalized += 1
 
+    # Due webhook retries live in the database, not only in the queue: a restart loses none.
+    from requests_app.webhooks import webhook_sweep
+
+    try:
+        report.webhooks = webhook_sweep(now=now)
+    except Exception:  # a webhook problem must not stop the image sweep from finishing
+        logger.exception("sweep: webhooks failed")
+
     if report:
         logger.info("sweep: %s", report)
     return report
@@ -358,8 +577,10 @@ def sweep(*, now: Any = None) -> SweepReport:
 def _reconcile(request: ProcessingRequest) -> bool:
     """Recount a quiet request's counters from its rows. A worker that died between
     moving an image and counting it leaves them one short; the rows are the truth."""
+    # order_by(): SQL drops Meta.ordering from a GROUP BY, MongoDB's backend still joins for it.
     counts = dict(
         ProductImage.objects.filter(request_id=request.pk)
+        .order_by()
         .values_list("status")
         .annotate(n=Count("id"))
         .values_list("status", "n")

@@ -9,6 +9,7 @@ A bad value stops start-up with the variable's name (ImproperlyConfigured).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ MONGODB = DATABASE_URL.startswith(("mongodb://", "mongodb+srv://"))
 if MONGODB:
     from settings.mongo import mongo_settings
 
-    globals().update(mongo_settings(DATABASE_URL))
+    globals().update(mongo_settings(DATABASE_URL, installed_apps=INSTALLED_APPS))
 else:
     if DATABASE_URL:
         try:
@@ -150,8 +151,18 @@ else:
 
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# Every key this deployment writes to Redis (django-q2's queue and cluster stats, the cache)
+# starts with this, so that several deployments, or test runs, can share one Redis server.
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", default="imageproc")
+
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_KEY_PREFIX,
+        }
+    }
 else:
     # A file cache, not LocMem: qinfo and /health/ read cluster stats that the workers
     # write from other processes.
@@ -180,12 +191,19 @@ Q_CLUSTER: dict[str, Any] = {
     "recycle": 200,
     # A worker that grows past this (kB) is replaced after its current task.
     "max_rss": 512_000,
-    "poll": 0.2,
+    # How often the cluster asks the ORM broker for tasks: each request waits for two or
+    # three polls (dispatch, first batch, finalisation), and a poll is one cheap query.
+    "poll": 0.1,
     "catch_up": False,
     "label": "Task queue",
+    # django-q2's scheduler locks due schedules with select_for_update, a no-op on MongoDB:
+    # there, run it in one qcluster only (Q_SCHEDULER=0 on the others; README, MongoDB).
+    "scheduler": env.bool("Q_SCHEDULER", default=True),
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    # django-q2's "name" prefixes its Redis keys (django_q:<name>:q, django_q:<name>:cluster:*).
+    Q_CLUSTER["name"] = REDIS_KEY_PREFIX
 else:
     Q_CLUSTER["orm"] = "default"
 
@@ -195,25 +213,38 @@ S3_BUCKET = env.str("S3_BUCKET", default="")
 STORAGES: dict[str, dict[str, Any]] = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# A CDN or public bucket in front of S3: output URLs are permanent. Without it they are
+# presigned and expire after S3_URL_EXPIRES seconds (the status API says which).
+S3_PUBLIC_BASE_URL = env.str("S3_PUBLIC_BASE_URL", default="").rstrip("/")
+if S3_PUBLIC_BASE_URL and not S3_PUBLIC_BASE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"S3_PUBLIC_BASE_URL must start with http:// or https://, got {S3_PUBLIC_BASE_URL!r}")
 if S3_BUCKET:
-    S3_PUBLIC_BASE_URL = env.str("S3_PUBLIC_BASE_URL", default="").rstrip("/")
+    from boto3.s3.transfer import TransferConfig
+
+    # Credentials: the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    # AWS_SESSION_TOKEN, AWS_PROFILE) or the instance role, read by boto3 itself.
     _s3: dict[str, Any] = {
         "bucket_name": S3_BUCKET,
         "endpoint_url": env.str("S3_ENDPOINT_URL", default="") or None,
         "region_name": env.str("S3_REGION", default="") or None,
+        # botocore presigns with the deprecated SigV2 unless told: new AWS regions, R2 and
+        # recent MinIO accept only SigV4 (which also caps presigned URLs at 7 days).
+        "signature_version": "s3v4",
         # Outputs are written under deterministic keys: a task that runs twice overwrites.
         "file_overwrite": True,
-        "object_parameters": {"CacheControl": "public, max-age=31536000, immutable"},
+        # Each upload is one small object sent from a pipeline thread already: s3transfer's
+        # own thread pool per upload cost 40% more CPU per image (bench/).
+        "transfer_config": TransferConfig(use_threads=False),
     }
     if S3_PUBLIC_BASE_URL:
-        # Public bucket or CDN: permanent URLs.
         _s3["custom_domain"] = S3_PUBLIC_BASE_URL.split("://", 1)[-1]
         _s3["url_protocol"] = S3_PUBLIC_BASE_URL.split("://", 1)[0] + ":"
         _s3["querystring_auth"] = False
     else:
         _s3["querystring_auth"] = True
         _s3["querystring_expire"] = _env_int("S3_URL_EXPIRES", 7 * 24 * 3600, minimum=60, maximum=7 * 24 * 3600)
-    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3}
+    # Sets Content-Type and Cache-Control per object (imageproc/s3.py).
+    STORAGES["default"] = {"BACKEND": "imageproc.s3.OutputS3Storage", "OPTIONS": _s3}
 else:
     STORAGES["default"] = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -221,6 +252,13 @@ else:
     }
 
 # --- API ----------------------------------------------------------------------------------
+
+# Uploads per API key (requests_app.api.UploadThrottle), e.g. "60/min", "1000/hour"; empty = off.
+UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default="60/min").strip()
+if UPLOAD_THROTTLE_RATE and not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", UPLOAD_THROTTLE_RATE):
+    raise ImproperlyConfigured(f"UPLOAD_THROTTLE_RATE must look like 60/min or 1000/hour, got {UPLOAD_THROTTLE_RATE!r}")
+# Requests of one client still pending or processing; one more upload answers 429.
+MAX_ACTIVE_REQUESTS_PER_CLIENT = _env_int("MAX_ACTIVE_REQUESTS_PER_CLIENT", 10, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -232,7 +270,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "requests_app.api.exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"uploads": env.str("UPLOAD_THROTTLE_RATE", default="60/min")},
+    "DEFAULT_THROTTLE_RATES": {"uploads": UPLOAD_THROTTLE_RATE or None},
 }
 
 SPECTACULAR_SETTINGS = {
@@ -244,6 +282,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # The client API only: the admin's staff views (session, staff only) are not part of it.
+    "PREPROCESSING_HOOKS": ["requests_app.api.schema_client_endpoints"],
 }
 
 # --- The service --------------------------------------------------------------------------
@@ -262,17 +302,51 @@ IMAGE_MAX_ATTEMPTS = _env_int("IMAGE_MAX_ATTEMPTS", 3, minimum=1)
 # Distinct URLs per task, and download/upload threads per worker process.
 IMAGE_BATCH_SIZE = _env_int("IMAGE_BATCH_SIZE", 16, minimum=1)
 IMAGE_IO_THREADS = _env_int("IMAGE_IO_THREADS", 16, minimum=1)
+# Inputs a worker holds downloaded ahead of its compressor (bytes): bounds its memory
+# whatever the image sizes (bench/: worker RSS on 12 MP images).
+IMAGE_PREFETCH_BYTES = _env_int("IMAGE_PREFETCH_BYTES", 8 * 1024 * 1024, minimum=0)
+# A task whose own batch is under way claims more pending images of its request for this
+# long, so that workers never wait at batch boundaries (0: never).
+IMAGE_STEAL_SECONDS = _env_int("IMAGE_STEAL_SECONDS", Q_TIMEOUT // 4, minimum=0)
 # An image still `processing` after this long belongs to a dead worker: the sweeper re-queues it.
 IMAGE_STALE_AFTER = _env_int("IMAGE_STALE_AFTER", Q_TIMEOUT + 60, minimum=1)
 # Pending images this old whose task the broker no longer holds are re-queued by the sweeper.
 IMAGE_ORPHAN_AFTER = _env_int("IMAGE_ORPHAN_AFTER", 60, minimum=1)
 SWEEP_INTERVAL_MINUTES = _env_int("SWEEP_INTERVAL_MINUTES", 1, minimum=1)
+# TEST ONLY, empty (off) in every real deployment: a worker that claims an image whose URL
+# contains this string exits at once (os._exit), as an OOM kill or a segfault would
+# (tests/test_crash.py).
+IMAGEPROC_CRASH_ON_URL_SUBSTRING = env.str("IMAGEPROC_CRASH_ON_URL_SUBSTRING", default="")
 
 FETCH_ALLOWED_NETWORKS = env.str("FETCH_ALLOWED_NETWORKS", default="")
 FETCH_CONNECT_TIMEOUT = _env_float("FETCH_CONNECT_TIMEOUT", 5.0)
 FETCH_TOTAL_TIMEOUT = _env_float("FETCH_TOTAL_TIMEOUT", 30.0)
 FETCH_MAX_REDIRECTS = _env_int("FETCH_MAX_REDIRECTS", 3, minimum=0, maximum=10)
 FETCH_USER_AGENT = env.str("FETCH_USER_AGENT", default="imageproc/1.0 (+image-processing-service)")
+
+# --- Webhooks (Standard Webhooks 1.0; requests_app/webhooks.py) -----------------------------
+
+# Per attempt: DNS, connect, send and the receiver's answer. The issue asks for 10-15 s.
+WEBHOOK_TIMEOUT = _env_float("WEBHOOK_TIMEOUT", 15.0)
+if WEBHOOK_TIMEOUT > 30:
+    raise ImproperlyConfigured(f"WEBHOOK_TIMEOUT must be at most 30 seconds, got {WEBHOOK_TIMEOUT}")
+# Seconds to wait before each retry after a 429, a 5xx, a timeout or a connection error.
+_schedule = env.str("WEBHOOK_RETRY_SCHEDULE", default="5,300,1800,7200,18000,36000,50400,72000,86400")
+try:
+    WEBHOOK_RETRY_SCHEDULE = tuple(float(s) for s in _schedule.split(",") if s.strip())
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds: {exc}") from None
+if any(s <= 0 for s in WEBHOOK_RETRY_SCHEDULE):
+    raise ImproperlyConfigured("WEBHOOK_RETRY_SCHEDULE must hold positive numbers of seconds")
+# Each delay is multiplied by 1 ± this fraction at random, so that retries to one receiver spread out.
+WEBHOOK_RETRY_JITTER = 0.1
+# A Retry-After above this is capped (a receiver cannot park a delivery for ever).
+WEBHOOK_RETRY_AFTER_MAX = 24 * 3600
+# Multiplies every wait (schedule and Retry-After). Tests set 0.001 to run the whole schedule fast.
+WEBHOOK_TIME_SCALE = _env_float("WEBHOOK_TIME_SCALE", 1.0)
+# After a rotation, deliveries carry both signatures for this long; then the old secret is dropped.
+WEBHOOK_SECRET_ROTATION_HOURS = _env_int("WEBHOOK_SECRET_ROTATION_HOURS", 24, minimum=0)
+WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", default="imageproc-webhooks/1.0 (+image-processing-service)")
 
 ADMIN_CREDENTIALS_FILE = VAR_DIR / "admin-credentials.txt"
 

@@ -309,7 +309,9 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
         [{"id": r_quiet.hex, "images_total": 3, "images_done": 1, "images_failed": 0}],
         [{"id": r_finalizing.hex}],
     )
-    mongo.answer(REQUESTS, "update_many", 1, 1, 1, 1)  # counters; reconcile; finalisation won; re-finalize
+    # counters; the given-up image's request tries its finalisation (lost: one image is
+    # still out); reconcile; finalisation won; re-finalize
+    mongo.answer(REQUESTS, "update_many", 1, 0, 1, 1, 1)
 
     report = services.sweep(now=now)
 
@@ -345,8 +347,9 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     expect_filter(reset, {"id": crashed.hex}, {"claim_token": "t-crashed"}, {"status": "processing"})
     assert the_set(reset)["status"] == {"$literal": "pending"}
     expect_filter(requeued, {"id": {"$in": [orphan.hex]}}, {"status": "pending"})
-    failed_counter, reconciled, finalize, refinalize = (c for c in writes if c.collection == REQUESTS)
+    failed_counter, stale_finalize, reconciled, finalize, refinalize = (c for c in writes if c.collection == REQUESTS)
     assert failed_counter.filter == {"id": r_stale.hex}
+    expect_filter(stale_finalize, *finalize_claim(r_stale))
     assert the_set(failed_counter)["images_failed"] == increment("images_failed", 1)
     assert reconciled.filter == {"id": r_quiet.hex}
     assert the_set(reconciled) == {"images_done": {"$literal": 2}, "images_failed": {"$literal": 1}}

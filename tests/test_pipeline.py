@@ -247,3 +247,17 @@ def test_rejected_upload_leaves_no_rows_without_transactions(owner: Any, monkeyp
         create(owner, rows)
     assert Product.objects.count() == ProductImage.objects.count() == 0
     assert ProcessingRequest.objects.count() == 0
+
+
+def test_giving_up_on_the_last_image_finalises_at_once(owner: Any, queued: list[Any], settings: Any) -> None:
+    request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
+    long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_STALE_AFTER + 5)
+    ProductImage.objects.filter(request=request).update(
+        status=ImageStatus.PROCESSING, claim_token="dead", claimed_at=long_ago, attempts=settings.IMAGE_MAX_ATTEMPTS
+    )
+    ProcessingRequest.objects.filter(pk=request.pk).update(status=RequestStatus.PROCESSING)
+    report = pipeline.sweep()
+    assert (report.gave_up, report.refinalized) == (1, 1)
+    request.refresh_from_db()
+    assert request.status == RequestStatus.FINALIZING
+    assert queued[-1] == ("requests_app.tasks.finalize_request", str(request.pk))

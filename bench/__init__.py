@@ -1,0 +1,1 @@
+"""The benchmark (not a test): `python -m bench.run [--quick]`, see bench/run.py."""
