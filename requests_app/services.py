@@ -256,20 +256,30 @@ def images_by_product(product_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]
     return grouped
 
 
+# What a queued image looks like before its first attempt.
+_IMAGE_FRESH_START: dict[str, Any] = {
+    "status": ImageStatus.PENDING,
+    "attempts": 0,
+    "claim_token": "",
+    "queued_at": None,
+    "error_code": "",
+    "error_message": "",
+    "finished_at": None,
+}
+
+
+def _require_finished(request: ProcessingRequest, action: str) -> None:
+    if request.status not in FINISHED_STATUSES:
+        raise RequestNotFinished(f"The request is {request.status}; {action} it once it has finished.")
+
+
 def request_retry_failed(*, request: ProcessingRequest) -> int:
     """Give the failed images of a finished request a fresh start; return how many."""
-    if request.status not in FINISHED_STATUSES:
-        raise RequestNotFinished(f"The request is {request.status}; retry it once it has finished.")
+    _require_finished(request, "retry")
     now = timezone.now()
     with transaction.atomic():
         reset = ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED).update(
-            status=ImageStatus.PENDING,
-            attempts=0,
-            claim_token="",
-            queued_at=None,
-            error_code="",
-            error_message="",
-            finished_at=None,
+            **_IMAGE_FRESH_START
         )
         if reset:
             ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
@@ -285,21 +295,11 @@ def request_retry_failed(*, request: ProcessingRequest) -> int:
 
 def request_reprocess(*, request: ProcessingRequest) -> int:
     """Process every image of a finished request again, from scratch."""
-    if request.status not in FINISHED_STATUSES:
-        raise RequestNotFinished(f"The request is {request.status}; reprocess it once it has finished.")
+    _require_finished(request, "reprocess")
     now = timezone.now()
     with transaction.atomic():
         reset = ProductImage.objects.filter(request_id=request.pk).update(
-            status=ImageStatus.PENDING,
-            attempts=0,
-            claim_token="",
-            queued_at=None,
-            error_code="",
-            error_message="",
-            finished_at=None,
-            output_name="",
-            bytes_in=None,
-            bytes_out=None,
+            **_IMAGE_FRESH_START, output_name="", bytes_in=None, bytes_out=None
         )
         ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
             status=RequestStatus.PENDING,
