@@ -723,7 +723,7 @@ class ApiKeyAdmin(ApiKeyAdminBase):
 
 
 def format_html_join_br(parts: Any) -> SafeString:
-    return format_html_join(format_html("<br>"), "{}", ((part,) for part in parts))
+    return format_html_join(SafeString("<br>"), "{}", ((part,) for part in parts))
 
 
 # --- Webhook deliveries (the delivery log; requests_app/webhooks.py) --------------------------
