@@ -47,7 +47,7 @@ def require_service(name: str, available: bool) -> None:
         return
     if os.environ.get("REQUIRE_SERVICES") == "1":
         pytest.fail(f"{name} is required (REQUIRE_SERVICES=1) but unavailable")
-    pytest.skip(f"{name} unavailable")
+    pytest.skip(reason=f"{name} unavailable")
 
 
 def make_image(width: int = 640, height: int = 480, fmt: str = "JPEG", mode: str = "RGB", **save: Any) -> bytes:
