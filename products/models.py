@@ -16,7 +16,7 @@ class Product(models.Model):
     product_name = models.CharField(max_length=1024)
 
     class Meta:
-        ordering = ("request", "position")
+        ordering = ("request_id", "position")  # the column: ordering by the FK would join
         constraints = [
             models.UniqueConstraint(fields=["request", "position"], name="product_unique_position"),
         ]
@@ -67,7 +67,7 @@ class ProductImage(models.Model):
     store_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
-        ordering = ("product", "position")
+        ordering = ("product_id", "position")  # the column: ordering by the FK would join
         indexes = [
             models.Index(fields=["request", "status"], name="image_request_status"),
             models.Index(fields=["product", "position"], name="image_product_position"),
