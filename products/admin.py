@@ -66,18 +66,8 @@ def thumbnail(url: str, *, referrer: bool) -> SafeString:
     )
 
 
-class ImageInline(ImageInlineBase):
-    model = ProductImage
-    extra = 0
-    can_delete = False
-    fields = readonly_fields = ("position", "input", "output", "status_badge", "size", "error")
-    ordering = ("position",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class ImageCells:
+    """The columns that show one image, in the inline and in the images list alike."""
 
     @admin.display(description="Input")
     def input(self, obj: ProductImage) -> SafeString:
@@ -89,13 +79,27 @@ class ImageInline(ImageInlineBase):
             return NOTHING
         return thumbnail(storage_url(obj.output_name), referrer=True)
 
-    @admin.display(description="Status")
+    @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: ProductImage) -> SafeString:
         return status_badge(obj.status, obj.get_status_display())
 
     @admin.display(description="Size")
     def size(self, obj: ProductImage) -> str:
         return image_size(obj)
+
+
+class ImageInline(ImageCells, ImageInlineBase):
+    model = ProductImage
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("position", "input", "output", "status_badge", "size", "error")
+    ordering = ("position",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
     @admin.display(description="Error")
     def error(self, obj: ProductImage) -> str:
@@ -154,7 +158,7 @@ class HasErrorFilter(admin.SimpleListFilter):
 
 
 @admin.register(ProductImage)
-class ProductImageAdmin(ReadOnlyAdmin):
+class ProductImageAdmin(ImageCells, ReadOnlyAdmin):
     list_display = ("input", "output", "status_badge", "request", "dimensions", "size", "error_code", "attempts")
     list_filter = ("status", HasErrorFilter)
     search_fields = ("source_url",)
@@ -186,20 +190,6 @@ class ProductImageAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="Input")
-    def input(self, obj: ProductImage) -> SafeString:
-        return thumbnail(obj.source_url, referrer=False)
-
-    @admin.display(description="Output")
-    def output(self, obj: ProductImage) -> SafeString | str:
-        if obj.status != ImageStatus.DONE or not obj.output_name:
-            return NOTHING
-        return thumbnail(storage_url(obj.output_name), referrer=True)
-
-    @admin.display(description="Status", ordering="status")
-    def status_badge(self, obj: ProductImage) -> SafeString:
-        return status_badge(obj.status, obj.get_status_display())
-
     @admin.display(description="Request")
     def request(self, obj: ProductImage) -> SafeString:
         return request_link(obj.request_id)
@@ -210,7 +200,7 @@ class ProductImageAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Bytes")
     def size(self, obj: ProductImage) -> str:
-        return image_size(obj)
+        return super().size(obj)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str

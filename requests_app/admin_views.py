@@ -379,7 +379,6 @@ class StaffRequestViewSet(ProcessingRequestViewSet):
         return response
 
 
-ACTIVE_STATUSES = (RequestStatus.PENDING, RequestStatus.PROCESSING, RequestStatus.FINALIZING)
 WITH_FAILURES = (RequestStatus.FAILED, RequestStatus.COMPLETED_WITH_ERRORS)
 
 
@@ -391,8 +390,8 @@ def service_overview() -> dict[str, Any]:
 
     since = timezone.now() - timedelta(days=1)
     return {
-        "workers": health._check(health._workers),
-        "active": ProcessingRequest.objects.filter(status__in=ACTIVE_STATUSES).count(),
+        "workers": health.workers_check(),
+        "active": ProcessingRequest.objects.filter(status__in=services.ACTIVE_STATUSES).count(),
         # A finished request is not updated after its completion: updated_at is when it ended.
         "failed_today": ProcessingRequest.objects.filter(status__in=WITH_FAILURES, updated_at__gte=since).count(),
     }

@@ -615,7 +615,7 @@ def test_the_health_check_pings_mongodb_every_time(mongo: Recorder, settings: An
     from imageproc import health
 
     settings.MONGODB = True
-    result = health._check(health._database_any)
+    result = health._check(health._database)
     assert result["ok"] is False
     assert "ServerSelectionTimeoutError" in result["error"]
 
