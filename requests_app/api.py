@@ -17,7 +17,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -275,11 +274,6 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             # No input: the browsable API then shows a bare POST button, not a summary's fields.
             return NoInputSerializer
         return RequestSummarySerializer
-
-    def get_parsers(self) -> list[Any]:
-        if getattr(self, "action", None) == "upload" or self.request is None:
-            return [MultiPartParser(), FormParser()]
-        return super().get_parsers()
 
     def get_throttles(self) -> list[Any]:
         if self.action == "upload":
