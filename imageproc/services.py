@@ -439,15 +439,10 @@ def _record_done(request_id: Any, token: str, groups: list[_Group]) -> None:
             )
 
 
-def _record_failed(request_id: Any, token: str | None, image_ids: Sequence[Any], code: str, message: str) -> int:
-    """Move images to `failed` and count them; `token=None` is the sweeper giving up."""
+def _record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: str, message: str) -> int:
+    """Move images still held under `token` to `failed` and count them."""
     now = timezone.now()
-    images = ProductImage.objects.filter(pk__in=image_ids)
-    images = (
-        images.filter(claim_token=token, status=ImageStatus.PROCESSING)
-        if token
-        else images.exclude(status__in=(ImageStatus.DONE, ImageStatus.FAILED))
-    )
+    images = ProductImage.objects.filter(pk__in=image_ids, claim_token=token, status=ImageStatus.PROCESSING)
     with transaction.atomic():
         changed = images.update(
             status=ImageStatus.FAILED,
