@@ -1,5 +1,5 @@
 """The S3 storage backend of outputs (settings: S3_BUCKET): django-storages' S3Storage with
-the caching headers each kind of object needs.
+the caching headers each kind of object needs, and one upload path for the pipeline.
 
 Content-Type comes from the `content_type` the pipeline sets on every file it saves
 (image/jpeg, image/webp, text/csv), else from the name's extension.
@@ -7,9 +7,12 @@ Content-Type comes from the `content_type` the pipeline sets on every file it sa
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from django.core.files.base import File
 from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
 
 # An image output is written under a key derived from its request and source URL, and is
 # never changed afterwards: caches may keep it for a year without asking again.
@@ -20,7 +23,45 @@ CSV_CACHE_CONTROL = "no-cache"
 
 
 class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships no type hints
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._client_lock = threading.Lock()
+        self._shared_client: Any = None
+
     def get_object_parameters(self, name: str) -> dict[str, Any]:
         params: dict[str, Any] = super().get_object_parameters(name)
         params.setdefault("CacheControl", CSV_CACHE_CONTROL if name.endswith(".csv") else IMAGE_CACHE_CONTROL)
         return params
+
+    @property
+    def client(self) -> Any:
+        """One boto3 client for every thread of the process (clients are thread-safe).
+        django-storages builds a boto3 session and resource per thread, which cost each
+        upload thread of a worker tens of MB (bench/: worker RSS)."""
+        with self._client_lock:
+            if self._shared_client is None:
+                self._shared_client = self._create_session().client(
+                    "s3",
+                    region_name=self.region_name,
+                    use_ssl=self.use_ssl,
+                    endpoint_url=self.endpoint_url,
+                    config=self.client_config,
+                    verify=self.verify,
+                )
+            return self._shared_client
+
+    def _save(self, name: str, content: File[Any]) -> str:
+        """A file up to the multipart threshold (every image output) goes up in one PutObject
+        on the shared client: s3transfer's upload_fileobj, even without threads, builds a
+        transfer manager and futures around that same single request for each file
+        (bench/: most of the upload threads' CPU). Bigger files (a large output CSV) and
+        gzip take django-storages' own path."""
+        size = content.size
+        if self.gzip or size is None or size >= self.transfer_config.multipart_threshold:
+            return str(super()._save(name, content))
+        cleaned = clean_name(name)
+        key = self._normalize_name(cleaned)
+        params = self._get_write_parameters(key, content)
+        content.seek(0)
+        self.client.put_object(Bucket=self.bucket_name, Key=key, Body=content.read(), **params)
+        return str(cleaned)

@@ -243,8 +243,9 @@ class _Stream:
     pool downloads ahead of it and uploads behind it.
 
     Downloads run ahead within a memory budget (IMAGE_PREFETCH_BYTES of inputs downloaded
-    or, at the average size seen so far, being downloaded), so a worker fed 12 MP PNGs holds
-    a few of them, not IMAGE_IO_THREADS. Results are recorded in one transaction per round.
+    or, at the average size seen so far, being downloaded, besides the one being compressed),
+    so a worker fed 12 MP PNGs holds a few of them, not IMAGE_IO_THREADS. Results are
+    recorded in one transaction per round.
     """
 
     def __init__(
@@ -258,7 +259,7 @@ class _Stream:
         self.storing: dict[Future[tuple[str, int]], _Group] = {}
         self.ready: deque[tuple[_Group, bytes]] = deque()
         self.finished: list[_Group] = []
-        self.held = 0  # bytes of inputs downloaded and not yet compressed
+        self.held = 0  # bytes of inputs downloaded and waiting for the compressor
         self.fetched = 0
         self.fetched_bytes = 0
         self.threads = settings.IMAGE_IO_THREADS
@@ -271,16 +272,21 @@ class _Stream:
 
     def run(self) -> None:
         while self.todo or self.fetching or self.ready or self.storing:
-            self._fetch_ahead()
             if self.ready:
                 group, data = self.ready.popleft()
+                # The budget is for inputs ahead of the compressor: the next downloads start
+                # before this image is compressed, not after. A 12 MP PNG takes ~0.3 s; had
+                # it counted against the budget until then, the next image would only begin
+                # to download once it was done, and the compressor would wait for it.
+                self.held -= len(data)
+                self._fetch_ahead()
                 self._compress(group, data)
-                self.held -= len(data)  # counted until now: it was in memory all along
                 if len(data) >= TRIM_AFTER_BYTES:
                     del data
                     _trim_malloc()
                 self._collect(block=False)
             else:
+                self._fetch_ahead()
                 self._collect(block=True)
             self._record()
 

@@ -185,6 +185,13 @@ class OriginHandler(_Handler):
             self.end_headers()
             self.wfile.write(JPEG[:16] + b"\xaa" * 256 * 1024)
             self.close_connection = True
+        elif head == "cut-short":  # claims 100,000 bytes, sends a JPEG's first 1,000, hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write((JPEG * 1000)[:1000])
+            self.close_connection = True
         elif head == "gzip-bomb":  # ?n=<decoded bytes>: a few KB on the wire
             body = gzip.compress(JPEG + b"\x00" * int(query["n"][0]))
             self._send(200, body, "image/jpeg", Content_Encoding="gzip")

@@ -413,6 +413,7 @@ ORIGIN_CASES = [
     ("/status/403", {}, "http_403"),
     ("/redirect-no-location", {}, "http_302"),
     ("/huge-length", {}, "too_large"),  # Content-Length 1 TB: refused before reading
+    ("/cut-short", {}, "fetch_error"),  # the connection ends before Content-Length: nothing kept
     ("/big-no-length?n=1048576", {}, "too_large"),  # no Content-Length: counted while streaming
     ("/big-chunked?n=1048576", {}, "too_large"),
     ("/gzip-bomb?n=8388608", {}, "too_large"),  # 8 KB on the wire, 8 MB decoded

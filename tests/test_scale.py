@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
 import requests
+from boto3.s3.transfer import TransferConfig
 from django.core.files.base import ContentFile
 from PIL import Image
 
@@ -65,6 +67,32 @@ def test_s3_objects_get_their_content_type_and_cache_control() -> None:
     # Saving under the same name again overwrites: one object, never a renamed copy.
     assert _saved(storage, "outputs/r/a.jpg", jpeg, "image/jpeg") == "outputs/r/a.jpg"
     assert len(bucket.keys("outputs/r/")) == 4
+
+
+def test_upload_threads_share_one_client_and_big_files_go_multipart() -> None:
+    bucket = S3Bucket.create()
+    storage = OutputS3Storage(**bucket.storage_options(transfer_config=TransferConfig(use_threads=False)))
+    images = {f"outputs/r/{n}.jpg": make_image(32 + n, 24) for n in range(12)}
+    clients: list[Any] = []
+
+    def save(item: tuple[str, bytes]) -> str:
+        clients.append(storage.client)
+        return _saved(storage, item[0], item[1], "image/jpeg")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert sorted(pool.map(save, images.items())) == sorted(images)
+    assert len({id(client) for client in clients}) == 1
+    for key, data in images.items():
+        assert bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read() == data
+
+    # At the multipart threshold (8 MiB), django-storages' own path takes over.
+    big = b"S. No.,Product Name\n" + b"1,x\n" * (8 * 1024 * 1024 // 4)
+    assert _saved(storage, "outputs/r/output.csv", big, "text/csv; charset=utf-8") == "outputs/r/output.csv"
+    head = bucket.head("outputs/r/output.csv")
+    assert head["ContentLength"] == len(big)
+    assert head["ContentType"] == "text/csv; charset=utf-8"
+    assert head["CacheControl"] == CSV_CACHE_CONTROL
+    assert "-" in head["ETag"]  # a multipart upload's ETag names its part count
 
 
 def test_presigned_urls_are_sigv4_expire_and_serve_the_bytes(settings: Any) -> None:
