@@ -43,6 +43,8 @@ ERROR_MESSAGE_MAX = 500
 STEAL_URLS = 8
 # After compressing an input this big, the worker returns freed heap pages to the system.
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
+# Seconds between two writes of finished images (and of the request's progress counters).
+RECORD_EVERY = 0.5
 
 
 @cache
@@ -228,14 +230,18 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
 
 def _claimed_groups(images: Any) -> tuple[list[_Group], bool]:
     """The claimed images grouped by source URL, and whether any of them is a retry."""
-    groups: dict[str, _Group] = {}
-    retried = False
     # order_by(): Meta.ordering (product, then its request) would join two more tables or
     # collections into a read that needs only this one (tests/test_mongo_offline.py).
-    for image_id, url, key, attempts in images.order_by().values_list("id", "source_url", "source_key", "attempts"):
+    rows = list(images.order_by().values_list("id", "source_url", "source_key", "attempts"))
+    return _grouped(rows), any(row[3] > 1 for row in rows)
+
+
+def _grouped(rows: Iterable[Sequence[Any]]) -> list[_Group]:
+    """(image id, source URL, source key, ...) rows as one group per source URL."""
+    groups: dict[str, _Group] = {}
+    for image_id, url, key, *_ in rows:
         groups.setdefault(key, _Group(url=url, key=key)).ids.append(image_id)
-        retried = retried or attempts > 1
-    return list(groups.values()), retried
+    return list(groups.values())
 
 
 class _Stream:
@@ -268,6 +274,7 @@ class _Stream:
         self.steal_until = self.started + settings.IMAGE_STEAL_SECONDS if steal else 0.0
         self.fetch_pool, self.store_pool = _io_pools()
         self.waited = 0.0  # seconds the compressor had nothing to do
+        self.recorded = self.started  # when results were last written to the database
         self.policy = fetch_policy()
 
     def run(self) -> None:
@@ -289,6 +296,7 @@ class _Stream:
                 self._fetch_ahead()
                 self._collect(block=True)
             self._record()
+        self._record(flush=True)
 
     def _expected_size(self) -> int:
         # Before the first download ends, assume a large photograph.
@@ -325,15 +333,20 @@ class _Stream:
             self.steal_until = 0.0
             return False
         # Every copy of these URLs, so that each is still fetched once.
-        ids = list(pending.filter(source_key__in=keys).order_by().values_list("id", flat=True))
+        rows = list(pending.filter(source_key__in=keys).order_by().values_list("id", "source_url", "source_key"))
+        ids = [row[0] for row in rows]
         claimed = ProductImage.objects.filter(pk__in=ids, status=ImageStatus.PENDING).update(
             status=ImageStatus.PROCESSING, claim_token=self.token, claimed_at=timezone.now(), attempts=F("attempts") + 1
         )
-        if claimed:
-            groups, _ = _claimed_groups(ProductImage.objects.filter(pk__in=ids, claim_token=self.token))
-            _crash_hook(groups)
-            self.todo.extend(groups)
-        return True  # if another worker was quicker, the caller looks again
+        if claimed == len(ids):  # all ours: no need to read them back
+            taken = _grouped(rows)
+        elif claimed:  # another worker took some of them meanwhile: read back which are ours
+            taken, _ = _claimed_groups(ProductImage.objects.filter(pk__in=ids, claim_token=self.token))
+        else:
+            return True  # another worker was quicker: the caller looks again
+        _crash_hook(taken)
+        self.todo.extend(taken)
+        return True
 
     def _compress(self, group: _Group, data: bytes) -> None:
         start = time.perf_counter()
@@ -391,10 +404,13 @@ class _Stream:
                     continue
                 self.finished.append(group)
 
-    def _record(self) -> None:
-        if self.finished:
+    def _record(self, *, flush: bool = False) -> None:
+        # One transaction per RECORD_EVERY seconds, not per image: on SQLite every write
+        # transaction waits for the database lock the other workers also want.
+        if self.finished and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
             _record_done(self.request_id, self.token, self.finished)
             self.finished = []
+            self.recorded = time.monotonic()
 
 
 def _crash_hook(groups: Iterable[_Group]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from imageproc import services as pipeline
@@ -261,3 +262,50 @@ def test_giving_up_on_the_last_image_finalises_at_once(owner: Any, queued: list[
     request.refresh_from_db()
     assert request.status == RequestStatus.FINALIZING
     assert queued[-1] == ("requests_app.tasks.finalize_request", str(request.pk))
+
+
+def _stealer(request: ProcessingRequest) -> pipeline._Stream:
+    """A task's stream with its own batch done, left to claim more of the request."""
+    return pipeline._Stream(request.pk, pipeline.uuid.uuid4().hex, pipeline.CompressOptions(), [], steal=True)
+
+
+def test_two_tasks_stealing_take_every_url_once_with_all_its_copies(owner: Any) -> None:
+    urls = [f"http://img.example/{i}.jpg" for i in range(7)]
+    # urls[0] three times and urls[1] twice, across products.
+    request = create(
+        owner, [("1", "A", [urls[0], urls[1], urls[2]]), ("2", "B", [urls[0], *urls[3:]]), ("3", "C", urls[:2])]
+    )
+    first, second = _stealer(request), _stealer(request)
+    while first._steal(2) | second._steal(3):
+        pass
+    taken = {stream.token: list(stream.todo) for stream in (first, second)}
+    assert all(taken.values())
+    by_url = [group.url for groups in taken.values() for group in groups]
+    assert sorted(by_url) == sorted(urls)  # each URL once, in one task or the other
+    for token, groups in taken.items():
+        for group in groups:
+            rows = ProductImage.objects.filter(source_url=group.url)
+            assert sorted(group.ids) == sorted(rows.values_list("id", flat=True))
+            assert {(r.status, r.claim_token, r.attempts) for r in rows} == {(ImageStatus.PROCESSING, token, 1)}
+    assert not ProductImage.objects.filter(request=request, status=ImageStatus.PENDING).exists()
+
+
+def test_a_steal_raced_by_another_task_keeps_only_what_it_claimed(owner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = [f"http://img.example/{i}.jpg" for i in range(3)]
+    request = create(owner, [("1", "A", urls), ("2", "B", [urls[0]])])
+    stream = _stealer(request)
+    victim = ProductImage.objects.get(request=request, source_url=urls[1])
+    update = QuerySet.update
+
+    def other_task_first(self: QuerySet[Any], **kwargs: Any) -> int:
+        if kwargs.get("claim_token") == stream.token:  # between our read and our claim
+            update(ProductImage.objects.filter(pk=victim.pk), status=ImageStatus.PROCESSING, claim_token="other")
+        return update(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", other_task_first)
+    assert stream._steal(8)
+    assert sorted(group.url for group in stream.todo) == [urls[0], urls[2]]
+    assert sorted(i for group in stream.todo for i in group.ids) == sorted(
+        ProductImage.objects.filter(claim_token=stream.token).values_list("id", flat=True)
+    )
+    assert len([i for group in stream.todo for i in group.ids]) == 3
