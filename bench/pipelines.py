@@ -1,6 +1,6 @@
 """The two references our pipeline is measured against.
 
-- The codec limit: tuned Pillow (the block allocator setting every worker of ours uses)
+- The codec limit: tuned Pillow (the block allocator settings every worker of ours uses)
   decoding and re-encoding the in-memory images at quality 50 in 2 processes, nothing
   else. No pipeline on this machine can beat it by much.
 - The naive reference: the original design's algorithm — for each image: GET, open,
@@ -20,6 +20,7 @@ import requests
 from PIL import Image
 
 from bench.corpus import Corpus, CorpusImage
+from imageproc.compress import configure_pillow
 
 _ctx = mp.get_context("fork")
 
@@ -64,7 +65,7 @@ def _balanced(images: list[CorpusImage], parts: int) -> list[list[int]]:
 
 
 def _codec_worker(corpus: Corpus, indexes: list[int], barrier: Any, results: Any) -> None:
-    Image.core.set_blocks_max(64)  # type: ignore[attr-defined]
+    configure_pillow()  # the allocator settings of our workers: the limit is tuned Pillow
     blobs = [corpus.read(corpus.images[i]) for i in indexes]
     pillow_q50(blobs[0])  # warm the codec
     barrier.wait()

@@ -162,7 +162,11 @@ def configure_pillow(max_pixels: int | None = None) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES, which would make truncated uploads "succeed".
     """
     # Pillow's default allocator returns freed blocks to the OS and page-faults on every
-    # image; keeping 64 blocks around cut a 12 MP image from ~104 ms to ~65 ms.
+    # image; keeping 64 blocks around cut a 12 MP image from ~104 ms to ~65 ms. With 4 MiB
+    # blocks instead of 16, fewer cached blocks are resized (and faulted in again) to fit
+    # the next image: a third of the page faults, 2% less time over the benchmark corpus.
+    # The cache holds at most what the biggest image used (256 MiB cap: 64 x 4 MiB).
+    Image.core.set_block_size(4 * 1024 * 1024)  # type: ignore[attr-defined]
     Image.core.set_blocks_max(64)  # type: ignore[attr-defined]  # not re-exported in stubs
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that. simplefilter replaces
     # an identical existing filter, so repeated calls do not pile up entries.
