@@ -191,9 +191,10 @@ Q_CLUSTER: dict[str, Any] = {
     "recycle": 200,
     # A worker that grows past this (kB) is replaced after its current task.
     "max_rss": 512_000,
-    # How often the cluster asks the ORM broker for tasks: each request waits for two or
-    # three polls (dispatch, first batch, finalisation), and a poll is one cheap query.
-    "poll": 0.1,
+    # How often the cluster asks the ORM broker for tasks when it has none: a request waits
+    # for three polls (dispatch, first batch, finalisation), half of this each on average,
+    # and an idle cluster pays one indexed query per poll. (Redis blocks instead of polling.)
+    "poll": 0.05,
     "catch_up": False,
     "label": "Task queue",
     # django-q2's scheduler locks due schedules with select_for_update, a no-op on MongoDB:
