@@ -39,8 +39,11 @@ from requests_app.models import ProcessingRequest, RequestStatus
 logger = logging.getLogger(__name__)
 
 ERROR_MESSAGE_MAX = 500
-# Distinct URLs a task claims at a time once its own batch is under way.
+# Distinct URLs a task claims at a time once its own batch is under way, while more than
+# STEAL_LOOKAHEAD images of the request are still pending; closer to the end, only what it
+# can start downloading at once, so that no worker sits on images another, idle, could take.
 STEAL_URLS = 8
+STEAL_LOOKAHEAD = 4 * STEAL_URLS
 # After compressing an input this big, the worker returns freed heap pages to the system.
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
 # Seconds between two writes of finished images (and of the request's progress counters).
@@ -309,22 +312,23 @@ class _Stream:
             if in_memory >= self.budget and (self.fetching or self.ready):
                 return
             if not self.todo:
-                # Claim only what can be downloaded now: images claimed and left waiting
-                # here are images another worker, idle at the end of the request, cannot take.
                 room = max(1, (self.budget - in_memory) // self._expected_size())
-                if not self._steal(min(STEAL_URLS, room, self.threads - len(self.fetching))):
+                if not self._steal(min(room, self.threads - len(self.fetching))):
                     return
                 continue  # what was claimed may be nothing: look again
             group = self.todo.popleft()
             self.fetching[self.fetch_pool.submit(_timed_fetch, group.url, self.policy)] = group
 
-    def _steal(self, urls: int) -> bool:
-        """Claim up to `urls` more pending URLs of the request; False when there are none."""
+    def _steal(self, room: int) -> bool:
+        """Claim more pending URLs of the request: STEAL_URLS of them, or only `room` (what
+        can be downloaded now) near the request's end. False when there are none."""
         if time.monotonic() > self.steal_until:
             return False
         pending = ProductImage.objects.filter(request_id=self.request_id, status=ImageStatus.PENDING, attempts=0)
+        ahead = list(pending.order_by().values_list("source_key", flat=True)[:STEAL_LOOKAHEAD])
+        urls = STEAL_URLS if len(ahead) == STEAL_LOOKAHEAD else min(room, STEAL_URLS)
         keys: list[str] = []
-        for key in pending.order_by().values_list("source_key", flat=True)[: urls * 4]:
+        for key in ahead:
             if key not in keys:
                 keys.append(key)
                 if len(keys) == urls:

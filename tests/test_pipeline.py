@@ -309,3 +309,20 @@ def test_a_steal_raced_by_another_task_keeps_only_what_it_claimed(owner: Any, mo
         ProductImage.objects.filter(claim_token=stream.token).values_list("id", flat=True)
     )
     assert len([i for group in stream.todo for i in group.ids]) == 3
+
+
+def test_stealing_takes_a_handful_until_the_end_of_the_request_is_near(owner: Any) -> None:
+    count = pipeline.STEAL_LOOKAHEAD + 2 * pipeline.STEAL_URLS + 4
+    rows = [(str(i), f"P{i}", [f"http://img.example/{i}.jpg"]) for i in range(count)]
+    stream = _stealer(create(owner, rows))
+    taken = []
+    while stream._steal(1):
+        taken.append(len(stream.todo))
+        stream.todo.clear()
+    # STEAL_URLS at a time while at least STEAL_LOOKAHEAD are pending, then what there is room for.
+    left, expected = count, []
+    while left:
+        expected.append(pipeline.STEAL_URLS if left >= pipeline.STEAL_LOOKAHEAD else 1)
+        left -= expected[-1]
+    assert taken == expected
+    assert expected[:3] == [pipeline.STEAL_URLS] * 3
