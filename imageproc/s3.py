@@ -1,5 +1,6 @@
 """The S3 storage backend of outputs (settings: S3_BUCKET): django-storages' S3Storage with
-the caching headers each kind of object needs, and one upload path for the pipeline.
+the caching headers each kind of object needs, and one boto3 client per process for
+uploads and presigned URLs.
 
 Content-Type comes from the `content_type` the pipeline sets on every file it saves
 (image/jpeg, image/webp, text/csv), else from the name's extension.
@@ -49,6 +50,23 @@ class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships
                     verify=self.verify,
                 )
             return self._shared_client
+
+    def url(
+        self, name: str, parameters: dict[str, Any] | None = None, expire: int | None = None, http_method: Any = None
+    ) -> str:
+        """Presigned URLs from the shared client too: the first one a thread asked for cost
+        it a boto3 session and resource (~0.2 s, tens of MB), e.g. a worker finalising a request."""
+        if self.custom_domain or not self.querystring_auth:
+            return str(super().url(name, parameters, expire, http_method))
+        params = {**(parameters or {}), "Bucket": self.bucket_name, "Key": self._normalize_name(clean_name(name))}
+        return str(
+            self.client.generate_presigned_url(
+                "get_object",
+                Params=params,
+                ExpiresIn=self.querystring_expire if expire is None else expire,
+                HttpMethod=http_method,
+            )
+        )
 
     def _save(self, name: str, content: File[Any]) -> str:
         """A file up to the multipart threshold (every image output) goes up in one PutObject

@@ -35,6 +35,7 @@ from imageproc.fetch import FetchError, FetchPolicy, FetchResult, fetch_image, p
 from imageproc.storage import image_output_name
 from products.models import ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest, RequestStatus
+from requests_app.services import request_finalize
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
     )
     if not claimed:
         # Delivered twice, or the sweeper re-queued what another worker already holds.
-        request_try_finalize(request_id=request_id)
+        request_try_finalize(request_id=request_id, here=True)
         return
     ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.PENDING).update(
         status=RequestStatus.PROCESSING, started_at=now, updated_at=now
@@ -228,7 +229,7 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
         time.monotonic() - stream.started,
         stream.waited,
     )
-    request_try_finalize(request_id=request_id)
+    request_try_finalize(request_id=request_id, here=True)
 
 
 def _claimed_groups(images: Any) -> tuple[list[_Group], bool]:
@@ -297,6 +298,9 @@ class _Stream:
                 self._collect(block=False)
             else:
                 self._fetch_ahead()
+                # Nothing to compress: write what has finished before waiting, which may be
+                # long (a hanging download, stopped only by the task's timeout).
+                self._record(flush=True)
                 self._collect(block=True)
             self._record()
         self._record(flush=True)
@@ -409,8 +413,9 @@ class _Stream:
                 self.finished.append(group)
 
     def _record(self, *, flush: bool = False) -> None:
-        # One transaction per RECORD_EVERY seconds, not per image: on SQLite every write
-        # transaction waits for the database lock the other workers also want.
+        # One transaction per RECORD_EVERY seconds while the compressor is busy, not one per
+        # image: on SQLite every write transaction waits for the database lock the other
+        # workers also want.
         if self.finished and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
             _record_done(self.request_id, self.token, self.finished)
             self.finished = []
@@ -483,15 +488,22 @@ def _record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: 
     return changed
 
 
-def request_try_finalize(*, request_id: Any) -> bool:
+def request_try_finalize(*, request_id: Any, here: bool = False) -> bool:
     """Claim the request's finalisation if every image has ended. Exactly one caller wins
-    the conditional UPDATE, and only the winner queues the finaliser."""
+    the conditional UPDATE, and only the winner finalises: at once in this process with
+    `here` (an image task, which ended the request), else through the queue."""
     won = ProcessingRequest.objects.filter(
         pk=request_id,
         status__in=(RequestStatus.PENDING, RequestStatus.PROCESSING),
         images_total=F("images_done") + F("images_failed"),
     ).update(status=RequestStatus.FINALIZING, updated_at=timezone.now())
-    if won:
+    if won and here:
+        try:
+            request_finalize(request_id=request_id)
+        except Exception:  # S3 or the database failed: the queue retries it
+            logger.exception("request %s: finalisation failed; queued to be tried again", request_id)
+            async_task("requests_app.tasks.finalize_request", str(request_id))
+    elif won:
         async_task("requests_app.tasks.finalize_request", str(request_id))
     return bool(won)
 

@@ -243,12 +243,16 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
     assert calls.index(done_counter) == calls.index(done) + 1
     assert calls.index(failed_counter) == calls.index(failed) + 1
 
-    # Last, the finalisation claim, won here: exactly one finaliser is queued.
-    last = calls[-1]
-    assert (last.collection, last.method) == (REQUESTS, "update_many")
-    expect_filter(last, *finalize_claim(request_id))
-    assert the_set(last)["status"] == {"$literal": "finalizing"}
-    assert queued == [("requests_app.tasks.finalize_request", str(request_id))]
+    # Last, the finalisation claim, won here; the task that won finalises at once (nothing
+    # queued): it reads the request back in `finalizing`, from the requests alone.
+    claim, read = calls[-2:]
+    assert (claim.collection, claim.method) == (REQUESTS, "update_many")
+    expect_filter(claim, *finalize_claim(request_id))
+    assert the_set(claim)["status"] == {"$literal": "finalizing"}
+    assert (read.collection, read.method) == (REQUESTS, "aggregate")
+    assert_one_collection(read)
+    assert read.match() == {"$and": [{"id": request_id.hex}, {"status": "finalizing"}]}
+    assert queued == []
 
 
 def test_finalisation_claim_compares_the_counters_inside_the_document(mongo: Recorder, queued: list[Any]) -> None:

@@ -94,22 +94,23 @@ def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_s
     rows = list(ProductImage.objects.filter(request=request).order_by("id").values())
     assert first[:2] == (2, 1)
     assert image_server.hits["/a.jpg"] == 1
-    assert request.status == RequestStatus.FINALIZING
-    assert [c[0] for c in queued] == ["requests_app.tasks.finalize_request"]
+    # The task that ended the request finalised it at once: nothing went through the queue.
+    assert request.status == RequestStatus.COMPLETED_WITH_ERRORS
+    assert request.output_csv_name.endswith("output.csv")
+    assert queued == []
 
     pipeline.image_process(request_id=request.pk, image_ids=ids)
     request.refresh_from_db()
     assert (request.images_done, request.images_failed, request.bytes_in, request.bytes_out, request.status) == first
     assert list(ProductImage.objects.filter(request=request).order_by("id").values()) == rows
     assert image_server.hits["/a.jpg"] == 1
-    assert len(queued) == 1  # finalisation queued once
+    assert queued == []
 
 
 def test_finalize_writes_csv_and_final_status_once(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
     url = image_server.add("/f.jpg", make_image(50, 50))
     request = create(owner, [("1", "A", [url])])
-    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
-    assert services.request_finalize(request_id=request.pk) == RequestStatus.COMPLETED
+    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))  # finalises it
     request.refresh_from_db()
     assert request.status == RequestStatus.COMPLETED
     assert request.completed_at is not None
@@ -118,6 +119,26 @@ def test_finalize_writes_csv_and_final_status_once(owner: Any, queued: list[Any]
     assert services.request_finalize(request_id=request.pk) is None
     request.refresh_from_db()
     assert request.completed_at == completed_at
+
+
+def test_a_finalisation_that_fails_in_the_task_is_queued_again(
+    owner: Any, queued: list[Any], image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = image_server.add("/g.jpg", make_image(50, 50))
+    request = create(owner, [("1", "A", [url])])
+
+    save = services.default_storage.save
+
+    def csv_write_fails(name: str, content: Any, **kwargs: Any) -> str:
+        if name.endswith(".csv"):
+            raise OSError("storage unavailable")
+        return save(name, content, **kwargs)
+
+    monkeypatch.setattr(services.default_storage, "save", csv_write_fails)
+    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+    request.refresh_from_db()
+    assert (request.images_done, request.status) == (1, RequestStatus.FINALIZING)
+    assert queued == [("requests_app.tasks.finalize_request", str(request.pk))]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -82,6 +82,9 @@ def test_upload_threads_share_one_client_and_big_files_go_multipart() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert sorted(pool.map(save, images.items())) == sorted(images)
     assert len({id(client) for client in clients}) == 1
+    # Presigning uses it as well: no thread built django-storages' own session and resource.
+    assert "X-Amz-Signature=" in storage.url("outputs/r/0.jpg")
+    assert getattr(storage._connections, "connection", None) is None
     for key, data in images.items():
         assert bucket.client.get_object(Bucket=bucket.name, Key=key)["Body"].read() == data
 
