@@ -255,7 +255,7 @@ class _Stream:
     Downloads run ahead within a memory budget (IMAGE_PREFETCH_BYTES of inputs downloaded
     or, at the average size seen so far, being downloaded, besides the one being compressed),
     so a worker fed 12 MP PNGs holds a few of them, not IMAGE_IO_THREADS. Results are
-    recorded in one transaction per round.
+    recorded in one transaction every RECORD_EVERY seconds.
     """
 
     def __init__(
@@ -298,9 +298,6 @@ class _Stream:
                 self._collect(block=False)
             else:
                 self._fetch_ahead()
-                # Nothing to compress: write what has finished before waiting, which may be
-                # long (a hanging download, stopped only by the task's timeout).
-                self._record(flush=True)
                 self._collect(block=True)
             self._record()
         self._record(flush=True)
@@ -376,7 +373,10 @@ class _Stream:
         futures: list[Future[Any]] = [*self.fetching, *self.storing]
         if block:
             start = time.perf_counter()
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            # Finished images are written when due even if the wait is long (a hanging
+            # download, stopped only by the task's timeout, must not take them down with it).
+            due = self.recorded + RECORD_EVERY - time.monotonic() if self.finished else None
+            done, _ = wait(futures, timeout=None if due is None else max(due, 0.0), return_when=FIRST_COMPLETED)
             self.waited += time.perf_counter() - start
         else:
             done = {f for f in futures if f.done()}
@@ -413,9 +413,8 @@ class _Stream:
                 self.finished.append(group)
 
     def _record(self, *, flush: bool = False) -> None:
-        # One transaction per RECORD_EVERY seconds while the compressor is busy, not one per
-        # image: on SQLite every write transaction waits for the database lock the other
-        # workers also want.
+        # One transaction per RECORD_EVERY seconds, not one per image: on SQLite every write
+        # transaction waits for the database lock the other workers also want.
         if self.finished and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
             _record_done(self.request_id, self.token, self.finished)
             self.finished = []
