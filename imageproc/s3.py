@@ -23,11 +23,13 @@ IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 CSV_CACHE_CONTROL = "no-cache"
 
 
+# Guards the creation of each storage's client (a module-level lock keeps storages
+# copyable and picklable, as Django may need them to be).
+_client_lock = threading.Lock()
+
+
 class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships no type hints
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self._client_lock = threading.Lock()
-        self._shared_client: Any = None
+    _shared_client: Any = None
 
     def get_object_parameters(self, name: str) -> dict[str, Any]:
         params: dict[str, Any] = super().get_object_parameters(name)
@@ -39,7 +41,7 @@ class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships
         """One boto3 client for every thread of the process (clients are thread-safe).
         django-storages builds a boto3 session and resource per thread, which cost each
         upload thread of a worker tens of MB (bench/: worker RSS)."""
-        with self._client_lock:
+        with _client_lock:
             if self._shared_client is None:
                 self._shared_client = self._create_session().client(
                     "s3",
@@ -74,7 +76,10 @@ class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships
         transfer manager and futures around that same single request for each file
         (bench/: most of the upload threads' CPU). Bigger files (a large output CSV) and
         gzip take django-storages' own path."""
-        size = content.size
+        try:
+            size = content.size
+        except (AttributeError, OSError):  # a stream whose size cannot be told
+            size = None
         if self.gzip or size is None or size >= self.transfer_config.multipart_threshold:
             return str(super()._save(name, content))
         cleaned = clean_name(name)
