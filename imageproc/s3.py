@@ -15,8 +15,9 @@ from django.core.files.base import File
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
-# An image output is written under a key derived from its request and source URL, and is
-# never changed afterwards: caches may keep it for a year without asking again.
+# An image output is written under a key derived from its request, its source URL and its
+# own bytes (imageproc/storage.py), so a key's content never changes: caches may keep it
+# for a year without asking again.
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 # The output CSV is rewritten when failed images are retried, and its links may be
 # presigned: caches must check it every time.

@@ -365,7 +365,7 @@ class _Stream:
             _record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
             return
         group.compress_ms = _ms(start)
-        name = image_output_name(self.request_id, group.key, group.result.extension)
+        name = image_output_name(self.request_id, group.key, group.result.data, group.result.extension)
         future = self.store_pool.submit(_timed_store, name, group.result.data, group.result.content_type)
         self.storing[future] = group
 

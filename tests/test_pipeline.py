@@ -347,3 +347,31 @@ def test_stealing_takes_a_handful_until_the_end_of_the_request_is_near(owner: An
         left -= expected[-1]
     assert taken == expected
     assert expected[:3] == [pipeline.STEAL_URLS] * 3
+
+
+def test_reprocessing_names_a_changed_output_anew_and_an_unchanged_one_the_same(
+    owner: Any, queued: list[Any], image_server: ImageServer
+) -> None:
+    # Caches keep an output key for a year (Cache-Control: immutable): a key's bytes never change.
+    url = image_server.add("/photo.jpg", make_image(120, 80))
+    request = create(owner, [("1", "A", [url])])
+
+    def processed() -> str:
+        pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+        image = ProductImage.objects.get(request=request)
+        assert image.status == ImageStatus.DONE
+        assert pipeline.default_storage.exists(image.output_name)
+        return image.output_name
+
+    first = processed()
+    request.refresh_from_db()
+    services.request_reprocess(request=request)
+    assert processed() == first  # the same bytes again: overwritten, not copied
+
+    image_server.add("/photo.jpg", make_image(160, 90))  # the shop replaced it
+    request.refresh_from_db()
+    services.request_reprocess(request=request)
+    second = processed()
+    assert second != first
+    assert second.rsplit("-", 1)[0] == first.rsplit("-", 1)[0]  # same request and input URL
+    assert pipeline.default_storage.exists(first)  # links in an earlier output CSV still work
