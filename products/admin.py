@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from imageproc.storage import output_url as storage_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.admin_views import NOTHING, TIMES, human_bytes, saving_percent, status_badge
+from requests_app.admin_views import NOTHING, TIMES, NoAddOrChange, human_bytes, saving_percent, status_badge
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.
@@ -26,15 +26,9 @@ else:
     ImageInlineBase = admin.TabularInline
 
 
-class ReadOnlyAdmin(ModelAdminBase):
+class ReadOnlyAdmin(NoAddOrChange, ModelAdminBase):
     """Rows written by the pipeline only: changing one here would put its request's counters
     out of step with its images."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -88,18 +82,12 @@ class ImageCells:
         return image_size(obj)
 
 
-class ImageInline(ImageCells, ImageInlineBase):
+class ImageInline(ImageCells, NoAddOrChange, ImageInlineBase):
     model = ProductImage
     extra = 0
     can_delete = False
     fields = readonly_fields = ("position", "input", "output", "status_badge", "size", "error")
     ordering = ("position",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="Error")
     def error(self, obj: ProductImage) -> str:

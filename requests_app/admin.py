@@ -28,8 +28,8 @@ from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
 from requests_app import admin_views, csv_io, services, webhooks
-from requests_app.admin_views import UploadForm, staff_user
-from requests_app.models import ApiClient, ApiKey, ProcessingRequest
+from requests_app.admin_views import NoAddOrChange, UploadForm, staff_user
+from requests_app.models import ApiClient, ApiKey, ProcessingRequest, WebhookDelivery
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.
@@ -428,7 +428,7 @@ class ApiKeyInline(ApiKeyInlineBase):
     verbose_name_plural = "API keys (only their prefixes are kept)"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        return False  # a key is made on its client's page, where the raw key can be shown once
 
     @admin.display(description="Key")
     def key(self, obj: ApiKey) -> SafeString:
@@ -676,7 +676,9 @@ class RevokedFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ApiKeyAdminBase):
+class ApiKeyAdmin(NoAddOrChange, ApiKeyAdminBase):
+    """Keys are made on their client's page, where the raw key can be shown once."""
+
     list_display = ("key", "client", "created_at", "last_used_at", "revoked_at", "state")
     list_filter = (RevokedFilter,)
     list_select_related = ("client__user",)
@@ -700,13 +702,6 @@ class ApiKeyAdmin(ApiKeyAdminBase):
         prefix = search_term.strip().removeprefix("ipk_")[:8]
         return (queryset.filter(prefix=prefix), False) if prefix else (queryset, False)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Keys are made on their client's page, where the raw key can be shown once.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -728,8 +723,6 @@ def format_html_join_br(parts: Any) -> SafeString:
 
 # --- Webhook deliveries (the delivery log; requests_app/webhooks.py) --------------------------
 
-from requests_app.models import WebhookDelivery  # noqa: E402  (appended section, kept self-contained)
-
 if TYPE_CHECKING:
     DeliveryAdminBase = admin.ModelAdmin[WebhookDelivery]
 else:  # ModelAdmin is generic in django-stubs only
@@ -737,7 +730,7 @@ else:  # ModelAdmin is generic in django-stubs only
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(DeliveryAdminBase):
+class WebhookDeliveryAdmin(NoAddOrChange, DeliveryAdminBase):
     """One row per attempt, read-only. The resend action sends a request's completion event
     again, with the same webhook-id and body (webhooks.webhook_resend)."""
 
@@ -788,12 +781,6 @@ class WebhookDeliveryAdmin(DeliveryAdminBase):
     @admin.display(description="Payload (the exact body sent)")
     def payload_pretty(self, obj: WebhookDelivery) -> SafeString:
         return format_html("<pre>{}</pre>", obj.payload)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("requests_app.change_webhookdelivery")

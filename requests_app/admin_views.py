@@ -47,6 +47,17 @@ NOTHING = "\N{EN DASH}"
 # --- Display helpers ------------------------------------------------------------------------
 
 
+class NoAddOrChange:
+    """For admins of rows that only the pipeline or a service writes (images, keys, webhook
+    deliveries): they are shown, never added or edited by hand. Works for inlines too."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def human_bytes(n: int | None) -> str:
     return NOTHING if n is None else str(filesizeformat(n))
 
