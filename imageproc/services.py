@@ -134,11 +134,15 @@ def batches_by_url(images: Iterable[tuple[Any, str]], *, batch_size: int) -> lis
     return batches
 
 
-def images_dispatch(*, request_id: Any, only_unqueued: bool = False, batch_size: int | None = None) -> int:
-    """Queue every pending image of a request in batches; return the number of tasks.
+def images_dispatch(
+    *, request_id: Any, only_unqueued: bool = False, batch_size: int | None = None, process_first: bool = False
+) -> int:
+    """Queue every pending image of a request in batches; return the number of batches.
 
     The upload queues one dispatch task rather than thousands of batch tasks, so that the
-    web request stays short whatever the size of the CSV.
+    web request stays short whatever the size of the CSV. That task (`process_first`)
+    queues all batches but the first, then processes the first itself: the request starts
+    one queue poll sooner, and a worker that dies on it leaves the other batches queued.
     """
     pending = ProductImage.objects.filter(request_id=request_id, status=ImageStatus.PENDING)
     if only_unqueued:
@@ -150,8 +154,10 @@ def images_dispatch(*, request_id: Any, only_unqueued: bool = False, batch_size:
         queued_at=timezone.now()
     )
     batches = batches_by_url(rows, batch_size=batch_size or settings.IMAGE_BATCH_SIZE)
-    for ids in batches:
+    for ids in batches[1:] if process_first else batches:
         async_task("imageproc.tasks.process_images", str(request_id), ids, group=str(request_id))
+    if process_first:
+        image_process(request_id=request_id, image_ids=batches[0])
     return len(batches)
 
 

@@ -6,7 +6,7 @@ from imageproc import services
 
 
 def dispatch_request(request_id: str) -> int:
-    return services.images_dispatch(request_id=request_id)
+    return services.images_dispatch(request_id=request_id, process_first=True)
 
 
 def process_images(request_id: str, image_ids: list[str]) -> None:

@@ -15,6 +15,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from imageproc import services as pipeline
+from imageproc import tasks
 from products.models import ImageStatus, Product, ProductImage
 from requests_app import services
 from requests_app.models import ProcessingRequest, RequestStatus
@@ -82,6 +83,26 @@ def test_dispatch_queues_batches_once(owner: Any, queued: list[Any]) -> None:
     assert sorted(len(b) for b in batches) == [2, 2, 2]  # the copy of urls[0] rides with it
     assert all(i.queued_at for i in ProductImage.objects.filter(request=request))
     assert pipeline.images_dispatch(request_id=request.pk, only_unqueued=True) == 0
+
+
+def test_the_dispatch_task_processes_its_first_batch_itself(
+    owner: Any, queued: list[Any], image_server: ImageServer, settings: Any
+) -> None:
+    settings.IMAGE_BATCH_SIZE = 2
+    settings.IMAGE_STEAL_SECONDS = 0  # the first batch keeps to its own images here
+    urls = [image_server.add(f"/d{i}.jpg", make_image(40 + i, 30)) for i in range(5)]
+    request = create(owner, [("1", "A", urls)])
+    assert tasks.dispatch_request(str(request.pk)) == 3
+    # The other batches are queued (before the first is processed, so that other workers
+    # start on them meanwhile); the first batch's images are done, by this task.
+    queued_ids = {image_id for call in queued for image_id in call[2]}
+    assert [call[0] for call in queued] == ["imageproc.tasks.process_images"] * 2
+    assert sorted(len(call[2]) for call in queued) == [1, 2]
+    images = ProductImage.objects.filter(request=request)
+    done = {str(i.pk) for i in images if i.status == ImageStatus.DONE}
+    assert len(done) == 2
+    assert done.isdisjoint(queued_ids)
+    assert {str(i.pk) for i in images if i.status == ImageStatus.PENDING} == queued_ids
 
 
 def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
