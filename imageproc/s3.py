@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from botocore.config import Config
+from django.conf import settings
 from django.core.files.base import File
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
@@ -27,6 +29,12 @@ CSV_CACHE_CONTROL = "no-cache"
 # Guards the creation of each storage's client (a module-level lock keeps storages
 # copyable and picklable, as Django may need them to be).
 _client_lock = threading.Lock()
+
+
+def _pool_size(config: Config) -> int:
+    # A kept-alive connection for each upload thread of a worker: urllib3 would close and
+    # reopen those beyond botocore's default of 10.
+    return max(int(config.max_pool_connections), settings.IMAGE_IO_THREADS)
 
 
 class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships no type hints
@@ -49,7 +57,7 @@ class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships
                     region_name=self.region_name,
                     use_ssl=self.use_ssl,
                     endpoint_url=self.endpoint_url,
-                    config=self.client_config,
+                    config=self.client_config.merge(Config(max_pool_connections=_pool_size(self.client_config))),
                     verify=self.verify,
                 )
             return self._shared_client

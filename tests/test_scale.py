@@ -69,7 +69,7 @@ def test_s3_objects_get_their_content_type_and_cache_control() -> None:
     assert len(bucket.keys("outputs/r/")) == 4
 
 
-def test_upload_threads_share_one_client_and_big_files_go_multipart() -> None:
+def test_upload_threads_share_one_client_and_big_files_go_multipart(settings: Any) -> None:
     bucket = S3Bucket.create()
     storage = OutputS3Storage(**bucket.storage_options(transfer_config=TransferConfig(use_threads=False)))
     images = {f"outputs/r/{n}.jpg": make_image(32 + n, 24) for n in range(12)}
@@ -82,6 +82,8 @@ def test_upload_threads_share_one_client_and_big_files_go_multipart() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert sorted(pool.map(save, images.items())) == sorted(images)
     assert len({id(client) for client in clients}) == 1
+    # A pooled connection for each upload thread of a worker (urllib3 drops the extra ones).
+    assert clients[0].meta.config.max_pool_connections == settings.IMAGE_IO_THREADS > 10
     # Presigning uses it as well: no thread built django-storages' own session and resource.
     assert "X-Amz-Signature=" in storage.url("outputs/r/0.jpg")
     assert getattr(storage._connections, "connection", None) is None
