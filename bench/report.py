@@ -211,6 +211,33 @@ def write(r: dict[str, Any], folder: Path, *, quick: bool) -> Path:
             *[f"| {name} | {seconds:.2f} |" for name, seconds in cpu.items()],
             f"| total | {total:.2f} |",
         ]
+    if t := e2e["100"].get("timeline"):
+        middle = t["last_stored"] - t["first_downloaded"]
+        fixed = t["first_downloaded"] + t["seen"] - t["last_stored"]
+        busy = t["compressing_thread_seconds"] / (middle * t["workers"])
+        middle_mp_s = e2e["100"]["mp_per_s"] * e2e["100"]["seconds"] / middle  # the corpus's MP / s
+        lines += [
+            "",
+            "### Where the wall time goes",
+            "",
+            "The best 100 ms run, in seconds after the upload was sent (from the timestamps the service wrote):",
+            "",
+            "| moment | s |",
+            "|---|---|",
+            f"| the upload answered: request and rows created, dispatch queued | {t['answered']:.2f} |",
+            f"| the dispatch task claimed the first images (after a queue poll) | {t['first_claimed']:.2f} |",
+            f"| the first download ended (at the earliest) | {t['first_downloaded']:.2f} |",
+            f"| the last output was stored | {t['last_stored']:.2f} |",
+            f"| the request completed: output CSV stored, final status set | {t['completed']:.2f} |",
+            f"| the benchmark saw it | {t['seen']:.2f} |",
+            "",
+            f"Between the first download and the last stored output ({middle:.2f} s), the "
+            f"{t['workers']} compressing threads were busy {t['compressing_thread_seconds']:.2f} of "
+            f"{middle * t['workers']:.2f} thread-seconds ({busy:.0%}), "
+            f"and the images went through at {middle_mp_s:.0f} MP/s ({middle_mp_s / codec['mp_per_s']:.2f}x the codec "
+            f"limit). The {fixed:.2f} s before and after are the fixed steps of a request at this latency, in which "
+            "the cores mostly wait: a queue poll and the first download; the last upload, then the output CSV's.",
+        ]
     if shares := r.get("profile"):
         lines += [
             "",

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +141,24 @@ def run_naive(corpus: corpus_mod.Corpus, servers: Servers, results: dict[str, An
     servers.set_latency(images=0, s3=0)
 
 
-def _e2e_once(stack: stack_mod.Stack, urls: list[str]) -> tuple[float, dict[str, Any], str]:
-    """Upload a CSV of `urls`; return the seconds until its final status, that status, and
-    the request id. The end is seen in the database (polled every 20 ms, which costs the
-    service nothing), then confirmed through the status API."""
+@dataclass(frozen=True)
+class E2ERun:
+    seconds: float  # from sending the upload until its final status was seen
+    final: dict[str, Any]  # the status API's answer at the end
+    request_id: str
+    began: float  # time.time() when the upload was sent
+    answered: float  # seconds until the upload's answer
+
+
+def _e2e_once(stack: stack_mod.Stack, urls: list[str]) -> E2ERun:
+    """Upload a CSV of `urls` and wait for its final status. The end is seen in the database
+    (polled every 20 ms, which costs the service nothing), then confirmed through the status
+    API."""
     data = catalogue_csv(urls)
+    began = time.time()
     start = time.perf_counter()
     created = stack.upload(data)
+    answered = time.perf_counter() - start
     request_id = created["request_id"]
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -160,13 +172,48 @@ def _e2e_once(stack: stack_mod.Stack, urls: list[str]) -> tuple[float, dict[str,
     final = stack.status(request_id)
     if final["status"] not in stack_mod.FINISHED:
         raise RuntimeError(f"request {request_id} did not finish: {final['status']}\n{stack.log_tail()}")
-    return seconds, final, request_id
+    return E2ERun(seconds, final, request_id, began, answered)
+
+
+def _timeline(stack: stack_mod.Stack, run: E2ERun, workers: int) -> dict[str, float]:
+    """When a run's steps happened, in seconds after the upload was sent, from the rows the
+    service wrote (its timestamps are UTC, on the same clock): the fixed steps at a request's
+    start and end, against the part in which images are compressed."""
+
+    def after(value: str) -> float:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() - run.began
+
+    pk = run.request_id.replace("-", "")
+    started, completed = stack.query(
+        "SELECT started_at, completed_at FROM requests_app_processingrequest WHERE id = ?", pk
+    )[0]
+    images = stack.query(
+        "SELECT claimed_at, fetch_ms, finished_at, compress_ms FROM products_productimage "
+        "WHERE request_id = ? AND status = 'done'",
+        pk,
+    )
+    return {
+        "answered": run.answered,
+        "first_claimed": after(started),
+        # A download starts at its claim or later: this is when the first one ended, at the earliest.
+        "first_downloaded": min(after(claimed) + fetch_ms / 1000 for claimed, fetch_ms, _, _ in images),
+        # The last results are written as soon as the last upload ends.
+        "last_stored": max(after(finished) for _, _, finished, _ in images),
+        "completed": after(completed),
+        "seen": run.seconds,
+        "compressing_thread_seconds": sum(compress_ms for *_, compress_ms in images) / 1000,
+        "workers": workers,
+    }
+
+
+def worker_pids(stack: stack_mod.Stack) -> list[int]:
+    """The qcluster's worker processes: those with the pipeline's I/O threads."""
+    return [pid for pid in stack.qcluster_processes() if len(threads(pid)) > 3]
 
 
 def _cpu_groups(servers: Servers, stack: stack_mod.Stack) -> dict[str, Any]:
     def workers() -> list[int]:
-        # The worker processes are those with the pipeline's I/O threads.
-        return [pid for pid in stack.qcluster_processes() if len(threads(pid)) > 3]
+        return worker_pids(stack)
 
     return {
         "workers: the compressing thread (one per worker)": lambda: [f"{pid}/task/{pid}" for pid in workers()],
@@ -196,7 +243,8 @@ def run_e2e(
         for attempt in range(plan.repeat):
             tag = f"e2e-l{int(latency * 1000)}-{attempt}"
             with CpuMeter(_cpu_groups(servers, stack)) as cpu:
-                seconds, final, request_id = _e2e_once(stack, [f"{servers.image_base}/{tag}/{n}" for n in names])
+                run = _e2e_once(stack, [f"{servers.image_base}/{tag}/{n}" for n in names])
+            seconds, final = run.seconds, run.final
             entry = {
                 "seconds": seconds,
                 "mp_per_s": corpus.megapixels / seconds,
@@ -205,7 +253,8 @@ def run_e2e(
                 "done": final["progress"]["images_done"],
                 "failed": final["progress"]["images_failed"],
                 "cpu_seconds": cpu.seconds,
-                "request_id": request_id,
+                "timeline": _timeline(stack, run, len(worker_pids(stack))),
+                "request_id": run.request_id,
             }
             log(
                 f"  {entry['mp_per_s']:.0f} MP/s, {seconds:.2f} s, {final['status']}; CPU s: "
@@ -226,7 +275,7 @@ def _profile(
     corpus: corpus_mod.Corpus, servers: Servers, stack: stack_mod.Stack, names: list[str], results: dict[str, Any]
 ) -> None:
     """One more run at the current latency, untimed, with py-spy sampling the workers."""
-    workers = [pid for pid in stack.qcluster_processes() if len(threads(pid)) > 3]
+    workers = worker_pids(stack)
     started = profile.start(workers, stack.folder, seconds=max(5, int(results["e2e"]["100"]["seconds"] * 3)))
     if not started:
         log("  (py-spy is not installed: no profile)")
@@ -291,7 +340,8 @@ def run_worker_rss(
     urls = [f"{servers.image_base}/rss{copy}/{n}" for copy in range(2) for n in big]
     log(f"worker peak RSS on {len(urls)} images of ≥ {plan.big_megapixels:g} MP")
     with Peaks(stack.qcluster_processes) as peaks:
-        seconds, final, _ = _e2e_once(stack, urls)
+        run = _e2e_once(stack, urls)
+    seconds, final = run.seconds, run.final
     results["worker_rss"] = {
         "images": len(urls),
         "seconds": seconds,
