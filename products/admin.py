@@ -46,11 +46,16 @@ def _uuid(term: str) -> uuid.UUID | None:
         return None
 
 
-def thumbnail(url: str, *, referrer: bool) -> SafeString:
+def thumbnail(url: str, *, referrer: bool, preview: bool = True) -> SafeString:
     """A thumbnail that links to the image. Inputs are the client's URLs: loaded without a
-    referrer, so the client's server learns nothing about the admin."""
+    referrer, so the client's server learns nothing about the admin. Without `preview`,
+    only the link (see ImageCells.input)."""
     if not url.startswith(("http://", "https://", "/")):
         return format_html("{}", NOTHING)
+    if not preview:
+        return format_html(
+            '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer"><span>no preview</span></a>', url
+        )
     return format_html(
         '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer"><img src="{}" alt="" loading="lazy" '
         'referrerpolicy="{}" onerror="this.hidden=true"><span>no preview</span></a>',
@@ -65,7 +70,10 @@ class ImageCells:
 
     @admin.display(description="Input")
     def input(self, obj: ProductImage) -> SafeString:
-        return thumbnail(obj.source_url, referrer=False)
+        # The staff's browser loads an input only once the service fetched it: until then, or
+        # after a failure, it may be an address the fetch guard refuses (the staff's own
+        # network, a cloud metadata service).
+        return thumbnail(obj.source_url, referrer=False, preview=obj.status == ImageStatus.DONE)
 
     @admin.display(description="Output")
     def output(self, obj: ProductImage) -> SafeString | str:

@@ -157,6 +157,13 @@ class ImageView:
         return _http_url(self.image.source_url)
 
     @property
+    def input_preview(self) -> bool:
+        """Whether the staff's browser may load the input: only once the service fetched it.
+        Before that, or after a failure, the URL may be one the fetch guard refuses (an
+        address on the staff's own network, a cloud metadata service): linked, never loaded."""
+        return self.image.status == ImageStatus.DONE
+
+    @property
     def saving(self) -> float | None:
         return saving_percent(self.image.bytes_in, self.image.bytes_out)
 

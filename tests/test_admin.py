@@ -196,11 +196,16 @@ def test_request_page_shows_summary_products_thumbnails_sizes_and_errors(
     images = list(ProductImage.objects.filter(request=finished).order_by("product__position", "position"))
     shoe, hat, gone = images
     # Input thumbnails load the client's URL directly, without a referrer; outputs from storage.
-    for image in (shoe, hat, gone):
+    for image in (shoe, hat):
         assert (
             f'<img class="ip-input-thumb" src="{image.source_url}" alt="input" loading="lazy" '
             f'referrerpolicy="no-referrer"'
         ) in html
+    # A URL the service did not fetch (it failed, or may be an address the fetch guard
+    # refuses) is linked, never loaded by the staff's browser.
+    assert html.count('class="ip-input-thumb"') == 2
+    assert f'href="{gone.source_url}"' in html
+    assert f'src="{gone.source_url}"' not in html
     for image in (shoe, hat):
         assert f'<img class="ip-output-thumb" src="http://127.0.0.1:8000/media/{image.output_name}"' in html
     assert html.count('class="ip-output-thumb"') == 2
@@ -553,6 +558,9 @@ def test_products_and_images_are_found_by_request_id(browser: Client, finished: 
     failed = browser.get("/admin/products/productimage/", {"status__exact": "failed"}).content.decode()
     assert result_rows(failed) == 1
     assert "gone.jpg" in failed
+    # A failed input is linked, never loaded (ImageCells.input).
+    assert 'src="http://' not in failed
+    assert '/gone.jpg" target="_blank" rel="noopener noreferrer"><span>no preview</span></a>' in failed
     images = browser.get("/admin/products/productimage/", {"q": str(finished.pk)}).content.decode()
     assert result_rows(images) == 3
     product = Product.objects.get(request=finished, position=0)
