@@ -209,13 +209,14 @@ def request_finalize(*, request_id: Any) -> str | None:
 
 
 def request_finished(*, request_id: Any) -> None:
-    """What follows a request's end: its completion webhook. This only records the event and
-    queues its delivery, never waits for the receiver. If it fails, the sweeper creates the
-    event later (requests_app.webhooks.webhook_sweep), so the request's end is not undone."""
+    """What follows a request's end (in the worker that finalised it): its completion
+    webhook. This records the event and sends it from a thread of the worker, never waiting
+    for the receiver. If it fails, the sweeper creates the event later
+    (requests_app.webhooks.webhook_sweep), so the request's end is not undone."""
     from requests_app import webhooks  # webhooks imports this module
 
     try:
-        webhooks.webhook_event_create(request_id=request_id)
+        webhooks.webhook_event_create(request_id=request_id, send_here=True)
     except Exception:
         logger.exception("request %s: could not queue its webhook; the sweeper will", request_id)
 

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.tasks import async_task
 from standardwebhooks import Webhook
 
@@ -240,8 +241,10 @@ def _client_for(owner_id: Any) -> ApiClient:
 # --- Creating events and attempts ------------------------------------------------------------
 
 
-def webhook_event_create(*, request_id: Any) -> WebhookDelivery | None:
-    """Record the completion event of a finished request and queue its first attempt.
+def webhook_event_create(*, request_id: Any, send_here: bool = False) -> WebhookDelivery | None:
+    """Record the completion event of a finished request and queue its first attempt, or
+    with `send_here` (the worker that finished the request) send it from a thread of this
+    process: in the queue, it would wait behind every image batch queued before it.
 
     Returns that first attempt; None when the request has no webhook URL (its own, else its
     client's default), is not finished, or already has this event. Idempotent: the event id
@@ -287,7 +290,7 @@ def webhook_event_create(*, request_id: Any) -> WebhookDelivery | None:
         error=f"Superseded by event {event_id}: the request finished again.",
     )
     if not disabled:
-        _trigger(delivery.pk)
+        _trigger(delivery.pk, here=send_here)
     return delivery
 
 
@@ -306,13 +309,15 @@ def _disabled_error(client: ApiClient) -> str:
     return f"Not sent: webhooks for this client were disabled {stamp}. {client.webhook_disabled_reason}".strip()
 
 
-def _trigger(delivery_id: Any, due: datetime | None = None) -> None:
-    """Queue an attempt now, or after a short wait. Only a trigger: the row is the schedule,
-    and the sweeper queues a due row whose trigger was lost (a worker restart) or whose wait
-    was too long for a timer."""
+def _trigger(delivery_id: Any, due: datetime | None = None, *, here: bool = False) -> None:
+    """Queue an attempt now (or, with `here`, send it from a thread of this process), or
+    after a short wait. Only a trigger: the row is the schedule, and the sweeper queues a due
+    row whose trigger was lost (a worker restart) or whose wait was too long for a timer."""
     delay = 0.0 if due is None else (due - timezone.now()).total_seconds()
     delivery_id = str(delivery_id)
-    if delay <= 0:
+    if delay <= 0 and here:
+        transaction.on_commit(lambda: _send_from_thread(delivery_id))
+    elif delay <= 0:
         transaction.on_commit(lambda: async_task(TASK, delivery_id))
     elif delay < settings.SWEEP_INTERVAL_MINUTES * 60:
 
@@ -322,6 +327,29 @@ def _trigger(delivery_id: Any, due: datetime | None = None) -> None:
             timer.start()
 
         transaction.on_commit(start)
+
+
+def _send_from_thread(delivery_id: str) -> None:
+    if Conf.SYNC:  # the queue runs tasks in line (the tests): so does this
+        _deliver_logged(delivery_id)
+        return
+
+    def run() -> None:
+        try:
+            _deliver_logged(delivery_id)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    # Not a daemon: a worker that stops, or is recycled, finishes the attempt before it exits.
+    # Killed first, it leaves the row leased; once the lease ends, the sweeper queues it.
+    threading.Thread(target=run, name=f"webhook-{delivery_id[:8]}").start()
+
+
+def _deliver_logged(delivery_id: str) -> None:
+    try:
+        webhook_deliver(delivery_id=delivery_id)
+    except Exception:  # the row stays due (or leased): the sweeper queues it
+        logger.exception("webhook delivery %s failed before recording a result", delivery_id)
 
 
 def _fire(delivery_id: str) -> None:
