@@ -311,7 +311,8 @@ def _disabled_error(client: ApiClient) -> str:
 
 def _trigger(delivery_id: Any, due: datetime | None = None, *, here: bool = False) -> None:
     """Queue an attempt now (or, with `here`, send it from a thread of this process), or
-    after a short wait. Only a trigger: the row is the schedule, and the sweeper queues a due
+    send it from a thread of this process after a short wait (a timer: retries, which only
+    workers schedule). Only a trigger: the row is the schedule, and the sweeper queues a due
     row whose trigger was lost (a worker restart) or whose wait was too long for a timer."""
     delay = 0.0 if due is None else (due - timezone.now()).total_seconds()
     delivery_id = str(delivery_id)
@@ -340,9 +341,10 @@ def _send_from_thread(delivery_id: str) -> None:
         finally:
             connections.close_all()  # this thread's connections only
 
-    # Not a daemon: a worker that stops, or is recycled, finishes the attempt before it exits.
-    # Killed first, it leaves the row leased; once the lease ends, the sweeper queues it.
-    threading.Thread(target=run, name=f"webhook-{delivery_id[:8]}").start()
+    # Not a daemon (which a thread started by a timer would be by default): a worker that
+    # stops, or is recycled, finishes the attempt before it exits. Killed first, it leaves
+    # the row leased; once the lease ends, the sweeper queues it.
+    threading.Thread(target=run, name=f"webhook-{delivery_id[:8]}", daemon=False).start()
 
 
 def _deliver_logged(delivery_id: str) -> None:
@@ -353,10 +355,12 @@ def _deliver_logged(delivery_id: str) -> None:
 
 
 def _fire(delivery_id: str) -> None:
+    """A retry's timer went off, in the worker whose attempt failed: send it from a thread,
+    as the first attempt was, rather than queue it behind the image batches."""
     try:
-        async_task(TASK, delivery_id)
+        _send_from_thread(delivery_id)
     except Exception:  # the sweeper queues it instead; a timer thread has nobody to raise to
-        logger.exception("could not queue webhook delivery %s", delivery_id)
+        logger.exception("could not start webhook delivery %s", delivery_id)
     finally:
         connections.close_all()  # this thread's connections only
 
