@@ -218,7 +218,7 @@ def request_finished(*, request_id: Any) -> None:
     try:
         webhooks.webhook_event_create(request_id=request_id, send_here=True)
     except Exception:
-        logger.exception("request %s: could not queue its webhook; the sweeper will", request_id)
+        logger.exception("request %s: could not create its webhook event; the sweeper will", request_id)
 
 
 def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
