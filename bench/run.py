@@ -18,6 +18,7 @@ under bench/out/ so that it never overwrites the published figures.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -212,9 +213,7 @@ def worker_pids(stack: stack_mod.Stack) -> list[int]:
 
 
 def _cpu_groups(servers: Servers, stack: stack_mod.Stack) -> dict[str, Any]:
-    def workers() -> list[int]:
-        return worker_pids(stack)
-
+    workers = functools.partial(worker_pids, stack)
     return {
         "workers: the compressing thread (one per worker)": lambda: [f"{pid}/task/{pid}" for pid in workers()],
         "workers: download and upload threads": lambda: [
