@@ -75,8 +75,8 @@ def _io_pools() -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
     """The download and the upload pool of this worker process, created lazily after
     django-q2 forks the worker, so that kept-alive connections are reused from one batch
     to the next. Uploads have their own pool, so that an upload never waits behind
-    downloads; it is as big, because small images compress faster than 4 threads upload
-    them at 100 ms each (their threads share one boto3 client: imageproc/s3.py)."""
+    downloads; it is as big, because a worker compresses small images faster than a few
+    threads upload them at 100 ms each (the threads share one boto3 client: imageproc/s3.py)."""
     global _pools
     with _pool_lock:
         if _pools is None:
@@ -189,10 +189,13 @@ def _timed_fetch(url: str, policy: FetchPolicy) -> tuple[FetchResult, int]:
     return fetch_image(url, policy=policy), _ms(start)
 
 
-def _timed_store(name: str, data: bytes, content_type: str) -> tuple[str, int]:
+def _timed_store(request_id: Any, key: str, result: CompressResult) -> tuple[str, int]:
+    # Named here, in an upload thread: the name hashes the output's bytes, work the
+    # compressing thread need not wait for.
     start = time.perf_counter()
-    content = ContentFile(data, name=name)
-    content.content_type = content_type  # type: ignore[attr-defined]  # read by the S3 backend
+    name = image_output_name(request_id, key, result.data, result.extension)
+    content = ContentFile(result.data, name=name)
+    content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
     saved = default_storage.save(name, content)
     return saved, _ms(start)
 
@@ -372,8 +375,7 @@ class _Stream:
             _record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
             return
         group.compress_ms = _ms(start)
-        name = image_output_name(self.request_id, group.key, group.result.data, group.result.extension)
-        future = self.store_pool.submit(_timed_store, name, group.result.data, group.result.content_type)
+        future = self.store_pool.submit(_timed_store, self.request_id, group.key, group.result)
         self.storing[future] = group
 
     def _collect(self, *, block: bool) -> None:

@@ -15,7 +15,15 @@ from django.utils.safestring import SafeString
 
 from imageproc.storage import output_url as storage_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.admin_views import NOTHING, TIMES, NoAddOrChange, human_bytes, saving_percent, status_badge
+from requests_app.admin_views import (
+    NOTHING,
+    TIMES,
+    NoAddOrChange,
+    human_bytes,
+    input_preview_allowed,
+    saving_percent,
+    status_badge,
+)
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.
@@ -49,19 +57,18 @@ def _uuid(term: str) -> uuid.UUID | None:
 def thumbnail(url: str, *, referrer: bool, preview: bool = True) -> SafeString:
     """A thumbnail that links to the image. Inputs are the client's URLs: loaded without a
     referrer, so the client's server learns nothing about the admin. Without `preview`,
-    only the link (see ImageCells.input)."""
+    only the link (admin_views.input_preview_allowed)."""
     if not url.startswith(("http://", "https://", "/")):
         return format_html("{}", NOTHING)
-    if not preview:
-        return format_html(
-            '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer"><span>no preview</span></a>', url
-        )
-    return format_html(
-        '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer"><img src="{}" alt="" loading="lazy" '
-        'referrerpolicy="{}" onerror="this.hidden=true"><span>no preview</span></a>',
-        url,
+    image = format_html(
+        '<img src="{}" alt="" loading="lazy" referrerpolicy="{}" onerror="this.hidden=true">',
         url,
         "strict-origin-when-cross-origin" if referrer else "no-referrer",
+    )
+    return format_html(
+        '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer">{}<span>no preview</span></a>',
+        url,
+        image if preview else "",
     )
 
 
@@ -70,10 +77,7 @@ class ImageCells:
 
     @admin.display(description="Input")
     def input(self, obj: ProductImage) -> SafeString:
-        # The staff's browser loads an input only once the service fetched it: until then, or
-        # after a failure, it may be an address the fetch guard refuses (the staff's own
-        # network, a cloud metadata service).
-        return thumbnail(obj.source_url, referrer=False, preview=obj.status == ImageStatus.DONE)
+        return thumbnail(obj.source_url, referrer=False, preview=input_preview_allowed(obj))
 
     @admin.display(description="Output")
     def output(self, obj: ProductImage) -> SafeString | str:

@@ -58,6 +58,13 @@ class NoAddOrChange:
         return False
 
 
+def input_preview_allowed(image: ProductImage) -> bool:
+    """Whether the staff's browser may load an image's input URL: only once the service has
+    fetched it. Before that, or after a failure, it may be an address the fetch guard refuses
+    (on the staff's own network, a cloud metadata service): linked, never loaded."""
+    return image.status == ImageStatus.DONE
+
+
 def human_bytes(n: int | None) -> str:
     return NOTHING if n is None else str(filesizeformat(n))
 
@@ -158,10 +165,7 @@ class ImageView:
 
     @property
     def input_preview(self) -> bool:
-        """Whether the staff's browser may load the input: only once the service fetched it.
-        Before that, or after a failure, the URL may be one the fetch guard refuses (an
-        address on the staff's own network, a cloud metadata service): linked, never loaded."""
-        return self.image.status == ImageStatus.DONE
+        return input_preview_allowed(self.image)
 
     @property
     def saving(self) -> float | None:

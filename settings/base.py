@@ -192,8 +192,9 @@ Q_CLUSTER: dict[str, Any] = {
     # A worker that grows past this (kB) is replaced after its current task.
     "max_rss": 512_000,
     # How often the cluster asks the ORM broker for tasks when it has none: a request waits
-    # for three polls (dispatch, first batch, finalisation), half of this each on average,
-    # and an idle cluster pays one indexed query per poll. (Redis blocks instead of polling.)
+    # for one poll, half of this on average (its dispatch task then processes the first
+    # batch, and the task that ends the request finalises it), and an idle cluster pays one
+    # indexed query per poll. (Redis blocks instead of polling.)
     "poll": 0.05,
     "catch_up": False,
     "label": "Task queue",
