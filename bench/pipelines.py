@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from bench.corpus import Corpus, CorpusImage
-from imageproc.compress import configure_pillow
+from imageproc.engine.compress import configure_pillow
 
 _ctx = mp.get_context("fork")
 

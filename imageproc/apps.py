@@ -14,8 +14,8 @@ class ImageprocConfig(AppConfig):
     verbose_name = "Image processing"
 
     def ready(self) -> None:
-        from imageproc.compress import configure_pillow
-        from imageproc.fetch import parse_networks
+        from imageproc.engine.compress import configure_pillow
+        from imageproc.engine.fetch import parse_networks
 
         try:
             parse_networks(settings.FETCH_ALLOWED_NETWORKS)

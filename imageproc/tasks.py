@@ -1,17 +1,32 @@
-"""django-q2 task entry points: thin shells that load by id and call a service."""
+"""django-q2 task entry points: thin shells that load by id and call the pipeline.
+
+Tasks are queued by these dotted names (strings), so that no lower layer imports this one.
+"""
 
 from __future__ import annotations
 
-from imageproc import services
+from imageproc.pipeline.dispatch import images_dispatch
+from imageproc.pipeline.finalize import request_finalize
+from imageproc.pipeline.process import image_process
+from imageproc.pipeline.sweep import sweep as sweep_all
+from requests_app.services import webhooks
 
 
 def dispatch_request(request_id: str) -> int:
-    return services.images_dispatch(request_id=request_id, process_first=True)
+    return images_dispatch(request_id=request_id, process_first=True)
 
 
 def process_images(request_id: str, image_ids: list[str]) -> None:
-    services.image_process(request_id=request_id, image_ids=image_ids)
+    image_process(request_id=request_id, image_ids=image_ids)
+
+
+def finalize_request(request_id: str) -> str | None:
+    return request_finalize(request_id=request_id)
+
+
+def webhook_deliver(delivery_id: str) -> str:
+    return webhooks.webhook_deliver(delivery_id=delivery_id)
 
 
 def sweep() -> str:
-    return str(services.sweep())
+    return str(sweep_all())

@@ -15,7 +15,7 @@ from django.utils.safestring import SafeString
 
 from imageproc.storage import output_url as storage_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.admin_views import (
+from requests_app.admin.views import (
     NOTHING,
     TIMES,
     NoAddOrChange,

@@ -54,7 +54,7 @@ class ApiClient(models.Model):
         if self.default_webhook_url:
             from django.core.exceptions import ValidationError
 
-            from requests_app.webhooks import WebhookUrlInvalid, webhook_url_check
+            from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
 
             try:
                 webhook_url_check(self.default_webhook_url)

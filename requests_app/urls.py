@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import re_path
 
-from requests_app.api import ProcessingRequestViewSet
+from requests_app.api.views import ProcessingRequestViewSet
 
 # The client's paths, each with and without a trailing slash. Any id segment reaches the view,
 # which answers a JSON 404 for one that is not a UUID of this client's: a narrower pattern

@@ -255,7 +255,7 @@ else:
 
 # --- API ----------------------------------------------------------------------------------
 
-# Uploads per API key (requests_app.api.UploadThrottle), e.g. "60/min", "1000/hour"; empty = off.
+# Uploads per API key (requests_app.api.views.UploadThrottle), e.g. "60/min", "1000/hour"; empty = off.
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default="60/min").strip()
 if UPLOAD_THROTTLE_RATE and not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", UPLOAD_THROTTLE_RATE):
     raise ImproperlyConfigured(f"UPLOAD_THROTTLE_RATE must look like 60/min or 1000/hour, got {UPLOAD_THROTTLE_RATE!r}")
@@ -264,14 +264,14 @@ MAX_ACTIVE_REQUESTS_PER_CLIENT = _env_int("MAX_ACTIVE_REQUESTS_PER_CLIENT", 10, 
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "requests_app.auth.ApiKeyAuthentication",
+        "requests_app.api.auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "requests_app.api.exception_handler",
+    "EXCEPTION_HANDLER": "requests_app.api.views.exception_handler",
     "DEFAULT_THROTTLE_RATES": {"uploads": UPLOAD_THROTTLE_RATE or None},
 }
 
@@ -285,7 +285,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # The client API only: the admin's staff views (session, staff only) are not part of it.
-    "PREPROCESSING_HOOKS": ["requests_app.api.schema_client_endpoints"],
+    "PREPROCESSING_HOOKS": ["requests_app.api.views.schema_client_endpoints"],
 }
 
 # --- The service --------------------------------------------------------------------------
@@ -327,7 +327,7 @@ FETCH_TOTAL_TIMEOUT = _env_float("FETCH_TOTAL_TIMEOUT", 30.0)
 FETCH_MAX_REDIRECTS = _env_int("FETCH_MAX_REDIRECTS", 3, minimum=0, maximum=10)
 FETCH_USER_AGENT = env.str("FETCH_USER_AGENT", default="imageproc/1.0 (+image-processing-service)")
 
-# --- Webhooks (Standard Webhooks 1.0; requests_app/webhooks.py) -----------------------------
+# --- Webhooks (Standard Webhooks 1.0; requests_app/services/webhooks.py) -----------------------------
 
 # Per attempt: DNS, connect, send and the receiver's answer. The issue asks for 10-15 s.
 WEBHOOK_TIMEOUT = _env_float("WEBHOOK_TIMEOUT", 15.0)

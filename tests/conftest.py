@@ -145,10 +145,10 @@ def csv_bytes(rows: list[tuple[str, str, list[str]]]) -> bytes:
 
 @pytest.fixture
 def api_key(db: Any) -> str:
-    from requests_app import services
+    from requests_app.services.clients import api_client_create, api_key_create
 
-    client, _ = services.api_client_create(name="acme")
-    return services.api_key_create(client=client)
+    client, _ = api_client_create(name="acme")
+    return api_key_create(client=client)
 
 
 @pytest.fixture

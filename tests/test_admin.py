@@ -22,9 +22,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import services
-from requests_app.admin_views import PRODUCTS_PER_PAGE
+from requests_app.admin.views import PRODUCTS_PER_PAGE
 from requests_app.models import ApiClient, ApiKey, ProcessingRequest, RequestStatus, WebhookDelivery
+from requests_app.services.clients import api_client_create, api_key_create
+from requests_app.services.requests import RequestOptions, request_create
 from tests.conftest import ImageServer, csv_bytes, make_image
 from tests.test_webhooks import Receiver
 
@@ -47,7 +48,7 @@ def browser(staff: User) -> Client:
 
 @pytest.fixture
 def acme(db: Any) -> ApiClient:
-    client, _ = services.api_client_create(name="acme")
+    client, _ = api_client_create(name="acme")
     return client
 
 
@@ -59,11 +60,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 def upload(owner: User, rows: list[tuple[str, str, list[str]]], **options: Any) -> ProcessingRequest:
-    obj, _ = services.request_create(
+    obj, _ = request_create(
         owner=owner,
         csv_file=csv_bytes(rows),
         filename=options.pop("filename", "catalogue.csv"),
-        options=services.RequestOptions(**options),
+        options=RequestOptions(**options),
     )
     obj.refresh_from_db()
     return obj
@@ -482,7 +483,7 @@ def test_add_client_shows_its_key_once_and_the_key_works(browser: Client) -> Non
 
 
 def test_revoke_a_key_from_its_client_page(browser: Client, acme: ApiClient) -> None:
-    raw = services.api_key_create(client=acme)
+    raw = api_key_create(client=acme)
     prefix = raw.split("_")[1]
     api = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert api.get("/csv/requests").status_code == 200
@@ -539,7 +540,7 @@ def test_client_change_form_sets_the_default_webhook_url_and_re_enables(
 
 
 def test_api_keys_list_finds_and_revokes_by_prefix(browser: Client, acme: ApiClient) -> None:
-    raw = services.api_key_create(client=acme)
+    raw = api_key_create(client=acme)
     prefix = raw.split("_")[1]
     html = browser.get("/admin/requests_app/apikey/", {"q": raw}).content.decode()
     assert f"ipk_{prefix}_…" in html

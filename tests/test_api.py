@@ -12,8 +12,8 @@ from django.core.files.storage import default_storage
 from rest_framework.test import APIClient
 
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import services
 from requests_app.models import ApiKey, ProcessingRequest
+from requests_app.services.clients import api_client_create, api_key_create, api_key_revoke
 from tests.conftest import ImageServer, csv_bytes, make_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,7 +37,7 @@ def test_wrong_or_revoked_key_is_401(api: APIClient, api_key: str) -> None:
     bad.credentials(HTTP_AUTHORIZATION="Bearer ipk_deadbeef_nope")
     assert bad.get("/csv/requests").status_code == 401
     assert api.get("/csv/requests").status_code == 200
-    services.api_key_revoke(prefix=api_key.split("_")[1])
+    api_key_revoke(prefix=api_key.split("_")[1])
     assert api.get("/csv/requests").status_code == 401
 
 
@@ -182,9 +182,9 @@ def test_idempotency_key_returns_the_original(api: APIClient, image_server: Imag
 def test_another_clients_request_is_404_like_an_unknown_one(api: APIClient, image_server: ImageServer) -> None:
     url = image_server.add("/o.jpg", make_image(50, 50))
     request_id = upload(api, csv_bytes([("1", "A", [url])])).json()["request_id"]
-    other_client, _ = services.api_client_create(name="other")
+    other_client, _ = api_client_create(name="other")
     other = APIClient()
-    other.credentials(HTTP_AUTHORIZATION=f"Bearer {services.api_key_create(client=other_client)}")
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(client=other_client)}")
     for path in (f"/csv/status/{request_id}", f"/csv/output/{request_id}"):
         assert other.get(path).status_code == 404
         assert api.get(path).status_code == 200

@@ -48,10 +48,10 @@ from django.core.handlers.wsgi import WSGIHandler
 from PIL import Image
 from rest_framework.test import APIClient
 
-from imageproc.services import fetch_policy
+from imageproc.pipeline.resources import fetch_policy
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import services
 from requests_app.models import ApiClient, ProcessingRequest, RequestStatus
+from requests_app.services.clients import api_client_create, api_key_create
 from tests.conftest import IMAGE_HOST, ROOT, ImageServer, csv_bytes, make_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -879,11 +879,11 @@ def test_uploads_are_throttled_per_api_key_with_retry_after(
     # The bucket belongs to the key: the same client's second key, and another client, go on.
     client = ApiClient.objects.get(user__username="acme")
     second = APIClient()
-    second.credentials(HTTP_AUTHORIZATION=f"Bearer {services.api_key_create(client=client)}")
+    second.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(client=client)}")
     assert upload(second, content).status_code == 202
-    other_client, _ = services.api_client_create(name="other")
+    other_client, _ = api_client_create(name="other")
     other = APIClient()
-    other.credentials(HTTP_AUTHORIZATION=f"Bearer {services.api_key_create(client=other_client)}")
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(client=other_client)}")
     assert upload(other, content).status_code == 202
     # Only uploads are throttled.
     assert api.get("/csv/requests").status_code == 200
@@ -913,9 +913,9 @@ def test_requests_in_progress_are_capped_per_client(api: APIClient, image_server
     assert replay.json()["request_id"] == str(in_progress[0].pk)
 
     # Another client has its own cap; and once one request finishes, there is room again.
-    other_client, _ = services.api_client_create(name="other")
+    other_client, _ = api_client_create(name="other")
     other = APIClient()
-    other.credentials(HTTP_AUTHORIZATION=f"Bearer {services.api_key_create(client=other_client)}")
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(client=other_client)}")
     assert upload(other, content).status_code == 202
     ProcessingRequest.objects.filter(pk=in_progress[1].pk).update(status=RequestStatus.COMPLETED)
     assert upload(api, content).status_code == 202

@@ -14,7 +14,6 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from products.models import Product, ProductImage
-from requests_app import services
 from requests_app.management.commands.process_csv import (
     EXIT_FAILED_IMAGES,
     EXIT_TIMEOUT,
@@ -23,6 +22,7 @@ from requests_app.management.commands.process_csv import (
     write_output,
 )
 from requests_app.models import ApiKey, ProcessingRequest, RequestStatus
+from requests_app.services.clients import api_client_create, api_key_create
 from tests.conftest import ImageServer, csv_bytes, make_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,7 +130,7 @@ def test_process_csv_refuses_bad_input_and_stores_nothing(tmp_path: Path) -> Non
 
 def test_process_csv_says_when_too_many_requests_are_in_progress(catalogue: Path, settings: Any) -> None:
     settings.MAX_ACTIVE_REQUESTS_PER_CLIENT = 1
-    client, _ = services.api_client_create(name="cli")
+    client, _ = api_client_create(name="cli")
     ProcessingRequest.objects.create(owner=client.user, status=RequestStatus.PENDING)
     error = run_failing("process_csv", str(catalogue), "--wait")[0]
     assert error.returncode == 1
@@ -242,9 +242,9 @@ def test_reprocess_refuses_what_it_cannot_do(failed_request: ProcessingRequest) 
 
 
 def test_revoke_api_key_by_prefix_or_whole_key() -> None:
-    client, _ = services.api_client_create(name="acme")
-    first = services.api_key_create(client=client)
-    second = services.api_key_create(client=client)
+    client, _ = api_client_create(name="acme")
+    first = api_key_create(client=client)
+    second = api_key_create(client=client)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {first}")
     assert api.get("/csv/requests").status_code == 200

@@ -1,4 +1,4 @@
-"""Tests for imageproc.compress. Every fixture image is generated here with Pillow."""
+"""Tests for imageproc.engine.compress. Every fixture image is generated here with Pillow."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, JpegImagePlugin
 
-from imageproc import compress as compress_module
-from imageproc.compress import (
+from imageproc.engine import compress as compress_module
+from imageproc.engine.compress import (
     ALLOWED_INPUT_FORMATS,
     OUTPUT_FORMATS,
     CompressOptions,

@@ -1,4 +1,4 @@
-"""Tests for requests_app.csv_io: product CSV parsing/validation and formula-safe output."""
+"""Tests for imageproc.engine.csv_io: product CSV parsing/validation and formula-safe output."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from requests_app import csv_io
-from requests_app.csv_io import (
+from imageproc.engine import csv_io
+from imageproc.engine.csv_io import (
     FIELD_SIZE_LIMIT,
     MAX_URL_CHARS,
     OUTPUT_HEADER,

@@ -1,4 +1,4 @@
-"""SSRF guard and download limits of imageproc.fetch: attack tables, input -> expected code.
+"""SSRF guard and download limits of imageproc.engine.fetch: attack tables, input -> expected code.
 
 Real servers on loopback (tests/fetch_servers.py):
   origin  127.0.0.2:P   "allowed" (policies below exempt 127.0.0.2/32 only)
@@ -25,8 +25,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from imageproc import fetch
-from imageproc.fetch import (
+from imageproc.engine import fetch
+from imageproc.engine.fetch import (
     FetchError,
     FetchPolicy,
     FetchResult,

@@ -78,10 +78,12 @@ def mongo(django_db_blocker: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
 @pytest.fixture
 def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """Tasks the services queue, kept instead of run (the sync cluster would run them here)."""
-    from imageproc import services
+
+    from imageproc.pipeline import dispatch, finalize, sweep
 
     tasks: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(services, "async_task", lambda *args, **kwargs: tasks.append(args))
+    for module in (dispatch, finalize, sweep):
+        monkeypatch.setattr(module, "async_task", lambda *args, **kwargs: tasks.append(args))
     return tasks
 
 
@@ -134,12 +136,12 @@ def finalize_claim(request_id: uuid.UUID) -> tuple[dict[str, Any], ...]:
 
 
 def test_image_claim_is_one_conditional_update_of_the_images(mongo: Recorder, queued: list[Any]) -> None:
-    from imageproc import services
+    from imageproc.pipeline.process import image_process
 
     request_id, ids = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
     mongo.answer(IMAGES, "update_many", 0)  # another worker holds them
 
-    services.image_process(request_id=request_id, image_ids=[str(i) for i in ids])
+    image_process(request_id=request_id, image_ids=[str(i) for i in ids])
 
     claim = mongo.calls[0]
     # Nothing is read first: the claim is the write itself, atomic per image document.
@@ -164,8 +166,9 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
     """A whole image_process run: one URL twice (stored once, counted twice) and one URL that
     fails. Every write is a conditional update_many on one collection; every counter is an
     $add on the request document's own field; every read stays in one collection."""
-    from imageproc import services
-    from imageproc.fetch import FetchError, FetchResult
+    from imageproc.engine.fetch import FetchError, FetchResult
+    from imageproc.pipeline import process as process_module
+    from imageproc.pipeline.process import image_process
 
     photo = make_image(64, 48)
 
@@ -174,7 +177,7 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
             raise FetchError("http_404", "HTTP 404")
         return FetchResult(data=photo, content_type="image/jpeg", url=url, elapsed=0.01)
 
-    monkeypatch.setattr(services, "fetch_image", fetch)
+    monkeypatch.setattr(process_module, "fetch_image", fetch)
     request_id = uuid.uuid4()
     shoe, shoe_again, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     # Every image update matches the images it names (the claim 3, then done 2 and failed 1,
@@ -196,7 +199,7 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
         ],
     )
 
-    services.image_process(request_id=str(request_id), image_ids=[str(shoe), str(shoe_again), str(missing)])
+    image_process(request_id=str(request_id), image_ids=[str(shoe), str(shoe_again), str(missing)])
 
     calls = mongo.calls
     assert {c.method for c in calls} == {"update_many", "aggregate"}
@@ -256,35 +259,35 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
 
 
 def test_finalisation_claim_compares_the_counters_inside_the_document(mongo: Recorder, queued: list[Any]) -> None:
-    from imageproc import services
+    from imageproc.pipeline.finalize import request_try_finalize
 
     request_id = uuid.uuid4()
     mongo.answer(REQUESTS, "update_many", 1, 0)
 
-    assert services.request_try_finalize(request_id=request_id) is True
-    assert services.request_try_finalize(request_id=request_id) is False
+    assert request_try_finalize(request_id=request_id) is True
+    assert request_try_finalize(request_id=request_id) is False
 
     first, second = mongo.calls
     for call in (first, second):
         assert (call.collection, call.method) == (REQUESTS, "update_many")
         expect_filter(call, *finalize_claim(request_id))
         assert set(the_set(call)) == {"status", "updated_at"}
-    assert queued == [("requests_app.tasks.finalize_request", str(request_id))]
+    assert queued == [("imageproc.tasks.finalize_request", str(request_id))]
 
 
 def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     mongo: Recorder, queued: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imageproc import services
-    from requests_app import webhooks
+    from imageproc.pipeline import sweep as sweep_module
+    from imageproc.pipeline.sweep import sweep
 
     class EmptyBroker:
         def queue_size(self) -> int:
             return 0
 
-    monkeypatch.setattr(services, "get_broker", EmptyBroker)
+    monkeypatch.setattr(sweep_module, "get_broker", EmptyBroker)
     # The webhook sweep has its own test below; this one is about images and requests.
-    monkeypatch.setattr(webhooks, "webhook_sweep", lambda **kwargs: 0)
+    monkeypatch.setattr(sweep_module, "webhook_sweep", lambda **kwargs: 0)
     now = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
     stale_before = (now - dt.timedelta(seconds=settings.IMAGE_STALE_AFTER)).replace(tzinfo=None)
     quiet_before = (now - dt.timedelta(seconds=settings.IMAGE_ORPHAN_AFTER)).replace(tzinfo=None)
@@ -317,7 +320,7 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     # still out); reconcile; finalisation won; re-finalize
     mongo.answer(REQUESTS, "update_many", 1, 0, 1, 1, 1)
 
-    report = services.sweep(now=now)
+    report = sweep(now=now)
 
     assert (report.reset, report.gave_up, report.reconciled, report.refinalized) == (1, 1, 1, 2)
     for call in mongo.calls:
@@ -362,14 +365,14 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     assert [task[0] for task in queued] == [
         "imageproc.tasks.process_images",
         "imageproc.tasks.process_images",
-        "requests_app.tasks.finalize_request",
-        "requests_app.tasks.finalize_request",
+        "imageproc.tasks.finalize_request",
+        "imageproc.tasks.finalize_request",
     ]
 
 
 def test_webhook_sweep_compiles_for_mongodb(mongo: Recorder) -> None:
     """The webhook part of the sweeper issues only operations the backend supports."""
-    from requests_app import webhooks
+    from requests_app.services import webhooks
 
     webhooks.webhook_sweep(now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     assert mongo.calls
@@ -384,7 +387,7 @@ def test_status_page_reads_products_by_position_range_and_images_by_product(mong
     from django.contrib.auth import get_user_model
     from rest_framework.test import APIRequestFactory, force_authenticate
 
-    from requests_app.api import ProcessingRequestViewSet
+    from requests_app.api.views import ProcessingRequestViewSet
 
     user = get_user_model()(pk=7, username="acme")
     request_id, product_ids = uuid.uuid4(), [uuid.uuid4(), uuid.uuid4()]
@@ -545,7 +548,7 @@ def test_no_serializer_of_ours_exposes_contrib_model_ids() -> None:
     MongoDB. None of our serializers may touch one (or declare it as a CharField)."""
     from rest_framework import serializers
 
-    import requests_app.api  # noqa: F401  (defines the serializers)
+    import requests_app.api.views  # noqa: F401  (defines the serializers)
 
     def subclasses(cls: type) -> Iterator[type]:
         for sub in cls.__subclasses__():

@@ -6,19 +6,30 @@ queued without running it; the real queue is exercised by the end-to-end tests."
 from __future__ import annotations
 
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.files.storage import default_storage
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from imageproc import services as pipeline
 from imageproc import tasks
+from imageproc.engine.compress import CompressOptions
+from imageproc.pipeline import dispatch, finalize, process
+from imageproc.pipeline import sweep as sweep_module
+from imageproc.pipeline.dispatch import batches_by_url, images_dispatch
+from imageproc.pipeline.finalize import request_finalize, request_try_finalize
+from imageproc.pipeline.process import image_process
+from imageproc.pipeline.sweep import sweep
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import services
 from requests_app.models import ProcessingRequest, RequestStatus
+from requests_app.services import requests as request_services
+from requests_app.services.clients import api_client_create
+from requests_app.services.errors import RequestNotFinished
+from requests_app.services.requests import request_create, request_reprocess, request_retry_failed
 from tests.conftest import ImageServer, csv_bytes, make_image
 
 
@@ -30,20 +41,20 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         calls.append((func, *args))
         return "task-id"
 
-    monkeypatch.setattr(pipeline, "async_task", record)
-    monkeypatch.setattr(services, "async_task", record)
+    for module in (dispatch, finalize, sweep_module, request_services):
+        monkeypatch.setattr(module, "async_task", record)
     return calls
 
 
 @pytest.fixture
 def owner(db: Any) -> Any:
-    client, _ = services.api_client_create(name="acme")
+    client, _ = api_client_create(name="acme")
     return client.user
 
 
 def create(owner: Any, rows: list[tuple[str, str, list[str]]]) -> ProcessingRequest:
     # The `db` fixture never commits, so the dispatch queued on commit does not run.
-    request, _ = services.request_create(owner=owner, csv_file=csv_bytes(rows))
+    request, _ = request_create(owner=owner, csv_file=csv_bytes(rows))
     return request
 
 
@@ -53,8 +64,8 @@ def image_ids(request: ProcessingRequest) -> list[str]:
 
 def test_batches_keep_copies_of_a_url_together() -> None:
     pairs = [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b"), (6, "d")]
-    assert pipeline.batches_by_url(pairs, batch_size=2) == [["1", "3", "2", "5"], ["4", "6"]]
-    assert pipeline.batches_by_url([], batch_size=2) == []
+    assert batches_by_url(pairs, batch_size=2) == [["1", "3", "2", "5"], ["4", "6"]]
+    assert batches_by_url([], batch_size=2) == []
 
 
 def test_upload_creates_rows_in_bulk(owner: Any, django_assert_max_num_queries: Any) -> None:
@@ -78,11 +89,11 @@ def test_upload_creates_rows_in_bulk(owner: Any, django_assert_max_num_queries: 
 def test_dispatch_queues_batches_once(owner: Any, queued: list[Any]) -> None:
     urls = [f"http://img.example/{i}.jpg" for i in range(5)]
     request = create(owner, [("1", "A", [*urls, urls[0]])])
-    assert pipeline.images_dispatch(request_id=request.pk, batch_size=2) == 3
+    assert images_dispatch(request_id=request.pk, batch_size=2) == 3
     batches = [call[2] for call in queued]
     assert sorted(len(b) for b in batches) == [2, 2, 2]  # the copy of urls[0] rides with it
     assert all(i.queued_at for i in ProductImage.objects.filter(request=request))
-    assert pipeline.images_dispatch(request_id=request.pk, only_unqueued=True) == 0
+    assert images_dispatch(request_id=request.pk, only_unqueued=True) == 0
 
 
 def test_the_dispatch_task_processes_its_first_batch_itself(
@@ -109,7 +120,7 @@ def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_s
     url = image_server.add("/a.jpg", make_image(120, 80))
     request = create(owner, [("1", "A", [url, url]), ("2", "B", [image_server.base_url + "/missing.jpg"])])
     ids = image_ids(request)
-    pipeline.image_process(request_id=request.pk, image_ids=ids)
+    image_process(request_id=request.pk, image_ids=ids)
     request.refresh_from_db()
     first = (request.images_done, request.images_failed, request.bytes_in, request.bytes_out, request.status)
     rows = list(ProductImage.objects.filter(request=request).order_by("id").values())
@@ -120,7 +131,7 @@ def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_s
     assert request.output_csv_name.endswith("output.csv")
     assert queued == []
 
-    pipeline.image_process(request_id=request.pk, image_ids=ids)
+    image_process(request_id=request.pk, image_ids=ids)
     request.refresh_from_db()
     assert (request.images_done, request.images_failed, request.bytes_in, request.bytes_out, request.status) == first
     assert list(ProductImage.objects.filter(request=request).order_by("id").values()) == rows
@@ -131,13 +142,13 @@ def test_a_task_run_twice_changes_nothing(owner: Any, queued: list[Any], image_s
 def test_finalize_writes_csv_and_final_status_once(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
     url = image_server.add("/f.jpg", make_image(50, 50))
     request = create(owner, [("1", "A", [url])])
-    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))  # finalises it
+    image_process(request_id=request.pk, image_ids=image_ids(request))  # finalises it
     request.refresh_from_db()
     assert request.status == RequestStatus.COMPLETED
     assert request.completed_at is not None
     assert request.output_csv_name.endswith("output.csv")
     completed_at = request.completed_at
-    assert services.request_finalize(request_id=request.pk) is None
+    assert request_finalize(request_id=request.pk) is None
     request.refresh_from_db()
     assert request.completed_at == completed_at
 
@@ -148,23 +159,23 @@ def test_a_finalisation_that_fails_in_the_task_is_queued_again(
     url = image_server.add("/g.jpg", make_image(50, 50))
     request = create(owner, [("1", "A", [url])])
 
-    save = services.default_storage.save
+    save = finalize.default_storage.save
 
     def csv_write_fails(name: str, content: Any, **kwargs: Any) -> str:
         if name.endswith(".csv"):
             raise OSError("storage unavailable")
         return save(name, content, **kwargs)
 
-    monkeypatch.setattr(services.default_storage, "save", csv_write_fails)
-    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+    monkeypatch.setattr(finalize.default_storage, "save", csv_write_fails)
+    image_process(request_id=request.pk, image_ids=image_ids(request))
     request.refresh_from_db()
     assert (request.images_done, request.status) == (1, RequestStatus.FINALIZING)
-    assert queued == [("requests_app.tasks.finalize_request", str(request.pk))]
+    assert queued == [("imageproc.tasks.finalize_request", str(request.pk))]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_racing_tasks_claim_finalisation_once(queued: list[Any]) -> None:
-    client, _ = services.api_client_create(name="race")
+    client, _ = api_client_create(name="race")
     request = ProcessingRequest.objects.create(
         owner=client.user, status=RequestStatus.PROCESSING, images_total=4, images_done=3, images_failed=1
     )
@@ -174,7 +185,7 @@ def test_racing_tasks_claim_finalisation_once(queued: list[Any]) -> None:
     def contend() -> None:
         try:
             barrier.wait()
-            wins.append(pipeline.request_try_finalize(request_id=request.pk))
+            wins.append(request_try_finalize(request_id=request.pk))
         finally:
             connection.close()
 
@@ -184,12 +195,12 @@ def test_racing_tasks_claim_finalisation_once(queued: list[Any]) -> None:
     for t in threads:
         t.join()
     assert sorted(wins) == [False] * 5 + [True]
-    assert [c[0] for c in queued] == ["requests_app.tasks.finalize_request"]
+    assert [c[0] for c in queued] == ["imageproc.tasks.finalize_request"]
 
 
 def test_unfinished_request_is_not_finalised(owner: Any, queued: list[Any]) -> None:
     request = create(owner, [("1", "A", ["http://img.example/x.jpg"])])
-    assert pipeline.request_try_finalize(request_id=request.pk) is False
+    assert request_try_finalize(request_id=request.pk) is False
     request.refresh_from_db()
     assert request.status == RequestStatus.PENDING
 
@@ -203,7 +214,7 @@ def test_sweep_requeues_a_stale_image_alone_then_gives_up(owner: Any, queued: li
     )
     ProductImage.objects.filter(pk=fresh_id).update(queued_at=timezone.now())
 
-    report = pipeline.sweep()
+    report = sweep()
     assert report.reset == 1
     assert ("imageproc.tasks.process_images", str(request.pk), [stale_id]) in queued
     image = ProductImage.objects.get(pk=stale_id)
@@ -213,7 +224,7 @@ def test_sweep_requeues_a_stale_image_alone_then_gives_up(owner: Any, queued: li
     ProductImage.objects.filter(pk=stale_id).update(
         status=ImageStatus.PROCESSING, claim_token="dead", claimed_at=long_ago, attempts=settings.IMAGE_MAX_ATTEMPTS
     )
-    assert pipeline.sweep().gave_up == 1
+    assert sweep().gave_up == 1
     image.refresh_from_db()
     assert image.status == ImageStatus.FAILED
     assert image.error_code == "too_many_attempts"
@@ -225,11 +236,11 @@ def test_sweep_requeues_a_stale_image_alone_then_gives_up(owner: Any, queued: li
 def test_sweep_requeues_orphaned_pending_images(owner: Any, queued: list[Any], settings: Any) -> None:
     request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
     ProductImage.objects.filter(request=request).update(queued_at=timezone.now())
-    assert pipeline.sweep().dispatched == 0  # queued recently: the broker may still hold it
+    assert sweep().dispatched == 0  # queued recently: the broker may still hold it
 
     long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_ORPHAN_AFTER + 5)
     ProductImage.objects.filter(request=request).update(queued_at=long_ago)
-    assert pipeline.sweep().dispatched == 1  # the broker is empty: the task was lost
+    assert sweep().dispatched == 1  # the broker is empty: the task was lost
     assert queued[-1][:2] == ("imageproc.tasks.process_images", str(request.pk))
 
 
@@ -241,7 +252,7 @@ def test_sweep_reconciles_counters_and_finalises(owner: Any, queued: list[Any], 
     ProcessingRequest.objects.filter(pk=request.pk).update(
         status=RequestStatus.PROCESSING, images_done=1, updated_at=long_ago
     )
-    report = pipeline.sweep()
+    report = sweep()
     assert (report.reconciled, report.refinalized) == (1, 1)
     request.refresh_from_db()
     assert (request.images_done, request.status) == (2, RequestStatus.FINALIZING)
@@ -251,17 +262,17 @@ def test_sweep_reruns_a_finalisation_that_died(owner: Any, queued: list[Any], se
     request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
     long_ago = timezone.now() - timedelta(seconds=settings.IMAGE_STALE_AFTER + 5)
     ProcessingRequest.objects.filter(pk=request.pk).update(status=RequestStatus.FINALIZING, updated_at=long_ago)
-    assert pipeline.sweep().refinalized == 1
-    assert queued[-1] == ("requests_app.tasks.finalize_request", str(request.pk))
+    assert sweep().refinalized == 1
+    assert queued[-1] == ("imageproc.tasks.finalize_request", str(request.pk))
 
 
 def test_retry_failed_resets_attempts_and_counters(owner: Any, queued: list[Any], image_server: ImageServer) -> None:
     request = create(owner, [("1", "A", [image_server.base_url + "/later.jpg"])])
-    pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
-    services.request_finalize(request_id=request.pk)
+    image_process(request_id=request.pk, image_ids=image_ids(request))
+    request_finalize(request_id=request.pk)
     request.refresh_from_db()
     assert request.status == RequestStatus.FAILED
-    assert services.request_retry_failed(request=request) == 1
+    assert request_retry_failed(request=request) == 1
     assert (request.status, request.images_failed) == (RequestStatus.PROCESSING, 0)
     image = ProductImage.objects.get(request=request)
     assert (image.status, image.attempts, image.error_code) == (ImageStatus.PENDING, 0, "")
@@ -269,8 +280,8 @@ def test_retry_failed_resets_attempts_and_counters(owner: Any, queued: list[Any]
 
 def test_retry_refuses_an_unfinished_request(owner: Any, queued: list[Any]) -> None:
     request = create(owner, [("1", "A", ["http://img.example/a.jpg"])])
-    with pytest.raises(services.RequestNotFinished):
-        services.request_retry_failed(request=request)
+    with pytest.raises(RequestNotFinished):
+        request_retry_failed(request=request)
 
 
 def test_rejected_upload_leaves_no_rows_without_transactions(owner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,12 +290,14 @@ def test_rejected_upload_leaves_no_rows_without_transactions(owner: Any, monkeyp
     import contextlib
     from types import SimpleNamespace
 
-    from requests_app import csv_io
+    from imageproc.engine import csv_io
 
     no_transactions = SimpleNamespace(atomic=lambda *a, **k: contextlib.nullcontext(), on_commit=lambda f: None)
-    monkeypatch.setattr(services, "transaction", no_transactions)
-    monkeypatch.setattr(services, "connection", SimpleNamespace(features=SimpleNamespace(supports_transactions=False)))
-    monkeypatch.setattr(services, "INGEST_CHUNK", 1)
+    monkeypatch.setattr(request_services, "transaction", no_transactions)
+    monkeypatch.setattr(
+        request_services, "connection", SimpleNamespace(features=SimpleNamespace(supports_transactions=False))
+    )
+    monkeypatch.setattr(request_services, "INGEST_CHUNK", 1)
     rows = [("1", "A", ["http://img.example/a.jpg"]), ("2", "B", ["http://img.example/b.jpg"]), ("3", "", ["x"])]
     with pytest.raises(csv_io.CsvInvalid):
         create(owner, rows)
@@ -299,16 +312,16 @@ def test_giving_up_on_the_last_image_finalises_at_once(owner: Any, queued: list[
         status=ImageStatus.PROCESSING, claim_token="dead", claimed_at=long_ago, attempts=settings.IMAGE_MAX_ATTEMPTS
     )
     ProcessingRequest.objects.filter(pk=request.pk).update(status=RequestStatus.PROCESSING)
-    report = pipeline.sweep()
+    report = sweep()
     assert (report.gave_up, report.refinalized) == (1, 1)
     request.refresh_from_db()
     assert request.status == RequestStatus.FINALIZING
-    assert queued[-1] == ("requests_app.tasks.finalize_request", str(request.pk))
+    assert queued[-1] == ("imageproc.tasks.finalize_request", str(request.pk))
 
 
-def _stealer(request: ProcessingRequest) -> pipeline._Stream:
+def _stealer(request: ProcessingRequest) -> process._Stream:
     """A task's stream with its own batch done, left to claim more of the request."""
-    return pipeline._Stream(request.pk, pipeline.uuid.uuid4().hex, pipeline.CompressOptions(), [], steal=True)
+    return process._Stream(request.pk, uuid.uuid4().hex, CompressOptions(), [], steal=True)
 
 
 def test_two_tasks_stealing_take_every_url_once_with_all_its_copies(owner: Any) -> None:
@@ -354,7 +367,7 @@ def test_a_steal_raced_by_another_task_keeps_only_what_it_claimed(owner: Any, mo
 
 
 def test_stealing_takes_a_handful_until_the_end_of_the_request_is_near(owner: Any) -> None:
-    count = pipeline.STEAL_LOOKAHEAD + 2 * pipeline.STEAL_URLS + 4
+    count = process.STEAL_LOOKAHEAD + 2 * process.STEAL_URLS + 4
     rows = [(str(i), f"P{i}", [f"http://img.example/{i}.jpg"]) for i in range(count)]
     stream = _stealer(create(owner, rows))
     taken = []
@@ -364,10 +377,10 @@ def test_stealing_takes_a_handful_until_the_end_of_the_request_is_near(owner: An
     # STEAL_URLS at a time while at least STEAL_LOOKAHEAD are pending, then what there is room for.
     left, expected = count, []
     while left:
-        expected.append(pipeline.STEAL_URLS if left >= pipeline.STEAL_LOOKAHEAD else 1)
+        expected.append(process.STEAL_URLS if left >= process.STEAL_LOOKAHEAD else 1)
         left -= expected[-1]
     assert taken == expected
-    assert expected[:3] == [pipeline.STEAL_URLS] * 3
+    assert expected[:3] == [process.STEAL_URLS] * 3
 
 
 def test_reprocessing_names_a_changed_output_anew_and_an_unchanged_one_the_same(
@@ -378,21 +391,21 @@ def test_reprocessing_names_a_changed_output_anew_and_an_unchanged_one_the_same(
     request = create(owner, [("1", "A", [url])])
 
     def processed() -> str:
-        pipeline.image_process(request_id=request.pk, image_ids=image_ids(request))
+        image_process(request_id=request.pk, image_ids=image_ids(request))
         image = ProductImage.objects.get(request=request)
         assert image.status == ImageStatus.DONE
-        assert pipeline.default_storage.exists(image.output_name)
+        assert default_storage.exists(image.output_name)
         return image.output_name
 
     first = processed()
     request.refresh_from_db()
-    services.request_reprocess(request=request)
+    request_reprocess(request=request)
     assert processed() == first  # the same bytes again: overwritten, not copied
 
     image_server.add("/photo.jpg", make_image(160, 90))  # the shop replaced it
     request.refresh_from_db()
-    services.request_reprocess(request=request)
+    request_reprocess(request=request)
     second = processed()
     assert second != first
     assert second.rsplit("-", 1)[0] == first.rsplit("-", 1)[0]  # same request and input URL
-    assert pipeline.default_storage.exists(first)  # links in an earlier output CSV still work
+    assert default_storage.exists(first)  # links in an earlier output CSV still work

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.scale
 def _saved(storage: OutputS3Storage, name: str, data: bytes, content_type: str | None) -> str:
     content = ContentFile(data, name=name)
     if content_type:
-        content.content_type = content_type  # as imageproc.services and request_finalize do
+        content.content_type = content_type  # as the pipeline does for images and the output CSV
     return storage.save(name, content)
 
 

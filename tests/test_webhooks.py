@@ -26,9 +26,11 @@ from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from imageproc import services as imageproc_services
-from requests_app import services, webhooks
+from imageproc.pipeline.finalize import request_finalize, request_finished
+from imageproc.pipeline.sweep import sweep
 from requests_app.models import ApiClient, ProcessingRequest, RequestStatus, WebhookDelivery
+from requests_app.services import webhooks
+from requests_app.services.clients import api_client_create, api_key_create
 from tests.conftest import ImageServer, Stack, csv_bytes, make_image, start_stack, stop_stack
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -236,7 +238,7 @@ def test_the_worker_that_finishes_a_request_sends_the_event_and_its_retries_not_
     monkeypatch.setattr(webhooks.threading, "Thread", Recorded)
     receiver.replies = [Reply(503), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     # The first attempt from a thread of this process; its retry, after its timer, too.
     rows = settled(request.pk)
@@ -254,7 +256,7 @@ def test_signature_fails_on_a_tampered_body_or_timestamp_or_an_old_timestamp(
     client_obj: ApiClient, receiver: Receiver
 ) -> None:
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     settled(request.pk)
     (hit,) = receiver.hits
     assert verify(client_obj.webhook_secret, hit)["data"]["request_id"] == str(request.pk)
@@ -283,7 +285,7 @@ def test_signature_fails_on_a_tampered_body_or_timestamp_or_an_old_timestamp(
 def test_500_500_200_is_three_attempts_with_one_webhook_id(client_obj: ApiClient, receiver: Receiver) -> None:
     receiver.replies = [Reply(500, body=b"boom"), Reply(503), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     rows = settled(request.pk)
     assert [(r.attempt, r.status, r.status_code) for r in rows] == [
@@ -308,7 +310,7 @@ def test_a_delivery_that_keeps_failing_gives_up_after_the_schedule(
     settings.WEBHOOK_RETRY_SCHEDULE = (5.0, 5.0)
     receiver.replies = [Reply(502)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     rows = settled(request.pk)
     assert [(r.attempt, r.status) for r in rows] == [(1, "failed"), (2, "failed"), (3, "failed")]
@@ -321,7 +323,7 @@ def test_a_hanging_receiver_times_out_and_is_retried(client_obj: ApiClient, rece
     settings.WEBHOOK_TIMEOUT = 0.5
     receiver.replies = [Reply(hang=True), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     rows = settled(request.pk)
     assert [(r.attempt, r.status, r.status_code) for r in rows] == [(1, "failed", None), (2, "succeeded", 200)]
@@ -335,7 +337,7 @@ def test_retry_after_is_honoured_and_a_due_retry_is_found_from_the_database(
     settings.WEBHOOK_TIME_SCALE = 1.0  # real delays: nothing may be retried during this test
     receiver.replies = [Reply(429, headers={"Retry-After": "7200"}), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     first, second = WebhookDelivery.objects.filter(request=request).order_by("attempt")
     assert (first.status, first.status_code, second.status) == ("failed", 429, "pending")
@@ -345,10 +347,10 @@ def test_retry_after_is_honoured_and_a_due_retry_is_found_from_the_database(
 
     # Nothing holds the retry but its row (as after a worker restart): the sweeper finds it
     # once it is due, not before.
-    imageproc_services.sweep()
+    sweep()
     assert len(receiver.hits) == 1
     WebhookDelivery.objects.filter(pk=second.pk).update(next_retry_at=timezone.now() - timedelta(seconds=1))
-    report = imageproc_services.sweep()
+    report = sweep()
     assert report.webhooks == 1
     second.refresh_from_db()
     assert (second.status, second.status_code) == ("succeeded", 200)
@@ -380,7 +382,7 @@ def test_a_redirect_is_a_failure_and_is_never_followed(
     settings.FETCH_ALLOWED_NETWORKS = f"{RECEIVER_HOST}/32 {CANARY_HOST}/32"
     receiver.replies = [Reply(302, headers={"Location": canary.url("/stolen")})]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
 
     (row,) = settled(request.pk)
     assert (row.status, row.status_code, row.next_retry_at) == ("failed", 302, None)
@@ -394,7 +396,7 @@ def test_410_disables_the_clients_webhooks_until_a_resend(
 ) -> None:
     receiver.replies = [Reply(410), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     (row,) = settled(request.pk)
     assert (row.status, row.status_code, row.next_retry_at) == ("disabled", 410, None)
     client_obj.refresh_from_db()
@@ -402,7 +404,7 @@ def test_410_disables_the_clients_webhooks_until_a_resend(
     assert "410" in client_obj.webhook_disabled_reason and receiver.url() in client_obj.webhook_disabled_reason
 
     later = finished_request(client_obj, receiver.url("/other"))
-    services.request_finished(request_id=later.pk)
+    request_finished(request_id=later.pk)
     (skipped,) = settled(later.pk)
     assert skipped.status == "disabled" and skipped.error.startswith("Not sent")
     assert len(receiver.hits) == 1
@@ -445,7 +447,7 @@ def test_a_webhook_url_the_sender_would_refuse_is_400_at_upload_and_never_contac
 def test_the_address_guard_applies_again_at_send(client_obj: ApiClient, canary: Receiver, scheme: str) -> None:
     # Saved before the rules changed, or the name now resolves elsewhere: refused at send too.
     request = finished_request(client_obj, canary.url().replace("http:", f"{scheme}:"))
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     (row,) = settled(request.pk)
     assert (row.status, row.next_retry_at) == ("failed", None)  # not worth retrying
     assert row.error.startswith("blocked_address:")
@@ -458,9 +460,9 @@ def test_the_address_guard_applies_again_at_send(client_obj: ApiClient, canary: 
 def test_finishing_twice_sends_one_event(client_obj: ApiClient, receiver: Receiver) -> None:
     request = finished_request(client_obj, receiver.url(), status=RequestStatus.FINALIZING)
     ProcessingRequest.objects.filter(pk=request.pk).update(completed_at=None)
-    assert services.request_finalize(request_id=request.pk) == "completed_with_errors"
-    assert services.request_finalize(request_id=request.pk) is None
-    services.request_finished(request_id=request.pk)  # as if the hook ran again
+    assert request_finalize(request_id=request.pk) == "completed_with_errors"
+    assert request_finalize(request_id=request.pk) is None
+    request_finished(request_id=request.pk)  # as if the hook ran again
     webhooks.webhook_sweep(now=timezone.now() + timedelta(minutes=2))  # the sweeper's recovery
     (row,) = settled(request.pk)
     assert (row.attempt, row.status) == (1, "succeeded")
@@ -482,7 +484,7 @@ def test_resend_from_the_api_keeps_the_webhook_id_and_is_owner_filtered(
     api: APIClient, client_obj: ApiClient, receiver: Receiver
 ) -> None:
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     (first,) = settled(request.pk)
 
     for attempt, path in (
@@ -497,9 +499,9 @@ def test_resend_from_the_api_keeps_the_webhook_id_and_is_owner_filtered(
     assert len({h.body for h in receiver.hits}) == 1
     assert [r.status for r in WebhookDelivery.objects.filter(request=request)] == ["succeeded"] * 3
 
-    other_client, _ = services.api_client_create(name="other")
+    other_client, _ = api_client_create(name="other")
     other = APIClient()
-    other.credentials(HTTP_AUTHORIZATION=f"Bearer {services.api_key_create(client=other_client)}")
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(client=other_client)}")
     assert other.post(f"/csv/requests/{request.pk}/webhook/resend").status_code == 404
     assert other.post("/csv/requests/00000000-0000-0000-0000-000000000000/webhook/resend").status_code == 404
     assert len(receiver.hits) == 3
@@ -515,7 +517,7 @@ def test_resend_from_the_admin_action(client_obj: ApiClient, receiver: Receiver,
     settings.WEBHOOK_RETRY_SCHEDULE = (1.0,)
     receiver.replies = [Reply(500), Reply(200)]
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     rows = settled(request.pk)
     assert [r.status for r in rows] == ["failed", "succeeded"]
     receiver.replies = [Reply(200)]
@@ -542,7 +544,7 @@ def test_rotation_sends_both_signatures_until_the_window_ends(
     new = webhooks.api_client_rotate_webhook_secret(client=client_obj)
     assert new != old and new.startswith("whsec_") and len(base64.b64decode(new[6:])) >= 24
     request = finished_request(client_obj, receiver.url())
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     settled(request.pk)
     (hit,) = receiver.hits
     assert len(hit.headers["webhook-signature"].split(" ")) == 2
@@ -581,7 +583,7 @@ def test_create_api_client_prints_the_webhook_secret_before_the_key(db: Any, rec
 
 
 def test_every_client_has_its_own_secret(db: Any) -> None:
-    secrets = {services.api_client_create(name=f"c{i}")[0].webhook_secret for i in range(5)}
+    secrets = {api_client_create(name=f"c{i}")[0].webhook_secret for i in range(5)}
     assert len(secrets) == 5
     payload = json.dumps({"a": 1})
     headers = webhooks.webhook_headers(
@@ -596,7 +598,7 @@ def test_a_request_that_finishes_again_sends_a_new_event_and_stops_the_old_retri
     settings.WEBHOOK_TIME_SCALE = 1.0
     receiver.replies = [Reply(503, headers={"Retry-After": "7200"}), Reply(200)]
     request = finished_request(client_obj, receiver.url(), status=RequestStatus.COMPLETED_WITH_ERRORS)
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     failed, waiting = WebhookDelivery.objects.filter(request=request).order_by("attempt")
     assert (failed.status, waiting.status) == ("failed", "pending")
 
@@ -604,7 +606,7 @@ def test_a_request_that_finishes_again_sends_a_new_event_and_stops_the_old_retri
     ProcessingRequest.objects.filter(pk=request.pk).update(
         status=RequestStatus.COMPLETED, images_done=3, images_failed=0, completed_at=timezone.now()
     )
-    services.request_finished(request_id=request.pk)
+    request_finished(request_id=request.pk)
     waiting.refresh_from_db()
     assert (waiting.status, waiting.next_retry_at) == ("failed", None)
     assert waiting.error.startswith("Superseded by event ")
@@ -671,7 +673,7 @@ def test_real_workers_retry_on_their_timer_and_a_restart_loses_no_due_retry(
             "-c",
             "from django.utils import timezone; from requests_app.models import WebhookDelivery as W; "
             "print(W.objects.filter(status='pending').update(next_retry_at=timezone.now())); "
-            "from imageproc.services import sweep; print(sweep().webhooks)",
+            "from imageproc.pipeline.sweep import sweep; print(sweep().webhooks)",
         )
         assert out.split() == ["1", "1"]
         _wait_hits(slow, 2, second)

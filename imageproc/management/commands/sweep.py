@@ -15,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from imageproc import services
+from imageproc.pipeline.sweep import sweep
 
 
 class Command(BaseCommand):
@@ -43,7 +43,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, request_stop)
             signal.signal(signal.SIGTERM, request_stop)
         while True:
-            report = services.sweep()
+            report = sweep()
             if report or not every:
                 self.stdout.write(f"sweep: {report}")
             if not every or stop.wait(every):

@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from requests_app import services, webhooks
+from requests_app.services import webhooks
+from requests_app.services.clients import api_client_create, api_key_create
 
 
 class Command(BaseCommand):
@@ -22,10 +23,10 @@ class Command(BaseCommand):
                 webhooks.webhook_url_check(webhook_url)  # before anything is created
             except webhooks.WebhookUrlInvalid as exc:
                 raise CommandError(f"--webhook-url: {exc}") from None
-        client, created = services.api_client_create(name=name)
+        client, created = api_client_create(name=name)
         if webhook_url is not None:
             webhooks.api_client_set_default_webhook_url(client=client, url=webhook_url)
-        raw = services.api_key_create(client=client)
+        raw = api_key_create(client=client)
         verb = "Created" if created else "Found"
         self.stdout.write(self.style.SUCCESS(f"{verb} API client {client}."))
         if client.default_webhook_url:

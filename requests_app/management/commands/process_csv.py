@@ -28,10 +28,14 @@ from django.db.models import Count
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 
+from imageproc.engine import csv_io
 from imageproc.storage import absolute_url
 from products.models import ImageStatus, ProductImage
-from requests_app import csv_io, services
 from requests_app.models import OutputFormat, ProcessingRequest
+from requests_app.selectors import request_output_rows
+from requests_app.services.clients import api_client_create
+from requests_app.services.errors import ServiceError
+from requests_app.services.requests import RequestOptions, request_create
 
 EXIT_FAILED_IMAGES = 2
 EXIT_TIMEOUT = 3
@@ -119,7 +123,7 @@ def write_output(obj: ProcessingRequest, path: Path) -> int:
     """The output CSV, as GET /csv/output serves it; returns the rows written."""
     rows = 0
     with path.open("w", encoding="utf-8", newline="") as handle:
-        for chunk in csv_io.render_output(services.request_output_rows(request=obj), min_chunk=64 * 1024):
+        for chunk in csv_io.render_output(request_output_rows(request=obj), min_chunk=64 * 1024):
             handle.write(chunk)
             rows += chunk.count("\r\n")
     return rows - 1  # the header
@@ -237,11 +241,11 @@ class Command(BaseCommand):
         owner = self.owner(options["owner"])
         webhook_url = options["webhook_url"].strip()
         if webhook_url:
-            from requests_app import webhooks
+            from requests_app.services import webhooks
 
             try:
                 webhooks.webhook_url_check(webhook_url)
-            except services.ServiceError as exc:
+            except ServiceError as exc:
                 raise CommandError(f"--webhook-url: {exc}") from None
 
         source: str = options["file"]
@@ -252,12 +256,12 @@ class Command(BaseCommand):
                 raise CommandError("Reading stdin: say where the output CSV goes with --output.")
             output = Path(source).with_name(f"{Path(source).stem}-output.csv")
 
-        request_options = services.RequestOptions(
+        request_options = RequestOptions(
             quality=quality, output_format=options["output_format"], webhook_url=webhook_url
         )
         try:
             if source == "-":
-                obj, _ = services.request_create(
+                obj, _ = request_create(
                     owner=owner, csv_file=sys.stdin.buffer, filename="stdin.csv", options=request_options
                 )
             else:
@@ -265,15 +269,13 @@ class Command(BaseCommand):
                 if not path.is_file():
                     raise CommandError(f"No such file: {source}")
                 with path.open("rb") as handle:
-                    obj, _ = services.request_create(
-                        owner=owner, csv_file=handle, filename=path.name, options=request_options
-                    )
+                    obj, _ = request_create(owner=owner, csv_file=handle, filename=path.name, options=request_options)
         except csv_io.CsvInvalid as exc:
             for error in exc.errors:
                 where = ", ".join(p for p in (f"row {error.row}" if error.row else "", error.column or "") if p)
                 self.stderr.write(f"  {where or 'file'}: {error.message}")
             raise CommandError(exc.detail) from None
-        except (csv_io.CsvTooLarge, services.ServiceError) as exc:
+        except (csv_io.CsvTooLarge, ServiceError) as exc:
             raise CommandError(str(exc)) from None
 
         self.stdout.write(
@@ -290,7 +292,7 @@ class Command(BaseCommand):
 
     def owner(self, name: str | None) -> User:
         if name is None:
-            client, _ = services.api_client_create(name=DEFAULT_OWNER)
+            client, _ = api_client_create(name=DEFAULT_OWNER)
             return client.user
         user = get_user_model().objects.filter(username=name).first()
         if user is None:

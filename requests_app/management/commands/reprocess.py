@@ -14,9 +14,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from products.models import ImageStatus, ProductImage
-from requests_app import services
 from requests_app.management.commands.process_csv import admin_url, finish
 from requests_app.models import ProcessingRequest
+from requests_app.services.errors import ServiceError
+from requests_app.services.requests import request_reprocess, request_retry_failed
 
 
 class Command(BaseCommand):
@@ -57,11 +58,8 @@ class Command(BaseCommand):
             return
 
         try:
-            if failed_only:
-                count = services.request_retry_failed(request=obj)
-            else:
-                count = services.request_reprocess(request=obj)
-        except services.ServiceError as exc:
+            count = request_retry_failed(request=obj) if failed_only else request_reprocess(request=obj)
+        except ServiceError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(f"Re-queued {count} {what} of request {obj.pk}."))
         self.stdout.write(f"  admin: {admin_url(obj)}")

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from requests_app import services
+from requests_app.services.clients import api_key_revoke
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, prefix: str, **options: Any) -> None:
         prefix = prefix.removeprefix("ipk_")[:8]
-        key = services.api_key_revoke(prefix=prefix)
+        key = api_key_revoke(prefix=prefix)
         if key is None:
             raise CommandError(f"No API key with prefix {prefix}.")
         self.stdout.write(self.style.SUCCESS(f"Revoked key {key.prefix} of {key.client} at {key.revoked_at}."))

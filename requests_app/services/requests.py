@@ -1,60 +1,37 @@
-"""Use cases of a processing request. The API, the admin and the management commands all
-call these functions; none of them re-implements one."""
+"""Use cases of a processing request: create it from a CSV, retry its failed images,
+reprocess it. The API, the admin and the management commands all call these.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import uuid
-from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from imageproc.storage import csv_output_name, output_url, source_key
+from imageproc.engine import csv_io
+from imageproc.engine.naming import source_key
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import csv_io
 from requests_app.models import (
     FINISHED_STATUSES,
-    ApiClient,
-    ApiKey,
     OutputFormat,
     ProcessingRequest,
     RequestStatus,
 )
+from requests_app.services.errors import RequestNotFinished, TooManyActiveRequests
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_CHUNK = 1000
-# Products parsed, built and inserted at a time by request_create.
+
 INGEST_CHUNK = 2000
-
-
-class ServiceError(Exception):
-    """A domain error; the API turns it into an HTTP answer (requests_app.api)."""
-
-    status_code = 400
-    code = "error"
-
-
-class RequestNotFinished(ServiceError):
-    status_code = 409
-    code = "not_finished"
-
-
-class TooManyActiveRequests(ServiceError):
-    status_code = 429
-    code = "too_many_active_requests"
 
 
 # A request in one of these still holds queue and worker time.
@@ -186,77 +163,6 @@ def _check_active_requests(owner: User) -> None:
         )
 
 
-def request_finalize(*, request_id: Any) -> str | None:
-    """Write the output CSV and set the final status. Idempotent: it acts only on a
-    request in `finalizing`, which exactly one task claimed (imageproc.services)."""
-    request = ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.FINALIZING).first()
-    if request is None:
-        return None
-    name = csv_output_name(request.pk)
-    content = "".join(csv_io.render_output(request_output_rows(request=request))).encode("utf-8")
-    csv_file = ContentFile(content, name=name)
-    csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
-    saved = default_storage.save(name, csv_file)
-    final = request.final_status()
-    now = timezone.now()
-    changed = ProcessingRequest.objects.filter(pk=request.pk, status=RequestStatus.FINALIZING).update(
-        status=final, completed_at=now, updated_at=now, output_csv_name=saved
-    )
-    if changed:
-        logger.info("request %s finished: %s", request.pk, final)
-        request_finished(request_id=request.pk)
-    return final
-
-
-def request_finished(*, request_id: Any) -> None:
-    """What follows a request's end (in the worker that finalised it): its completion
-    webhook. This records the event and sends it from a thread of the worker, never waiting
-    for the receiver. If it fails, the sweeper creates the event later
-    (requests_app.webhooks.webhook_sweep), so the request's end is not undone."""
-    from requests_app import webhooks  # webhooks imports this module
-
-    try:
-        webhooks.webhook_event_create(request_id=request_id, send_here=True)
-    except Exception:
-        logger.exception("request %s: could not create its webhook event; the sweeper will", request_id)
-
-
-def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
-    """Rows of the output CSV in input order, URL lists positionally aligned: None where an
-    image is not done. Reads products in chunks by position (an index range, no OFFSET)."""
-    for start in range(0, request.products_total, OUTPUT_CHUNK):
-        products = list(
-            Product.objects.filter(request_id=request.pk, position__gte=start, position__lt=start + OUTPUT_CHUNK)
-            .order_by("position")
-            .values_list("id", "serial_number", "product_name")
-        )
-        images = images_by_product([p[0] for p in products])
-        for product_id, serial, name in products:
-            own = images.get(product_id, [])
-            yield (
-                serial,
-                name,
-                [image["source_url"] for image in own],
-                [image["output_url"] for image in own],
-            )
-
-
-def images_by_product(product_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
-    """The images of some products in position order, with absolute output URLs."""
-    grouped: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    rows = (
-        ProductImage.objects.filter(product_id__in=product_ids)
-        .order_by("product_id", "position")
-        .values("product_id", "source_url", "status", "output_name", "error_code", "error_message")
-    )
-    for row in rows:
-        image: dict[str, Any] = dict(row)
-        done = image["status"] == ImageStatus.DONE and image["output_name"]
-        image["output_url"] = output_url(image["output_name"]) if done else None
-        grouped[image["product_id"]].append(image)
-    return grouped
-
-
 # What a queued image looks like before its first attempt.
 _IMAGE_FRESH_START: dict[str, Any] = {
     "status": ImageStatus.PENDING,
@@ -315,38 +221,3 @@ def request_reprocess(*, request: ProcessingRequest) -> int:
         transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
     request.refresh_from_db()
     return reset
-
-
-# --- API clients ----------------------------------------------------------------------------
-
-
-def api_client_create(*, name: str) -> tuple[ApiClient, bool]:
-    """The client called `name` (a user), created if missing."""
-    user, _ = get_user_model().objects.get_or_create(username=name)
-    client, created = ApiClient.objects.get_or_create(user=user)
-    return client, created
-
-
-def api_key_create(*, client: ApiClient) -> str:
-    """A new key for the client. The raw key is returned once and never stored."""
-    raw, prefix = ApiKey.generate()
-    ApiKey.objects.create(client=client, prefix=prefix, key_hash=ApiKey.hash(raw))
-    return raw
-
-
-def api_key_revoke(*, prefix: str) -> ApiKey | None:
-    key = ApiKey.objects.filter(prefix=prefix).first()
-    if key and key.revoked_at is None:
-        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        key.refresh_from_db()
-    return key
-
-
-def api_client_enable_webhooks(*, client: ApiClient) -> bool:
-    """Deliver the client's webhooks again after a 410 disabled them (the admin's switch; a
-    resend does the same). Returns whether they were disabled."""
-    enabled = ApiClient.objects.filter(pk=client.pk, webhook_disabled_at__isnull=False).update(
-        webhook_disabled_at=None, webhook_disabled_reason=""
-    )
-    client.webhook_disabled_at, client.webhook_disabled_reason = None, ""
-    return bool(enabled)

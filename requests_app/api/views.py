@@ -22,10 +22,14 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from imageproc.engine import csv_io
 from imageproc.storage import absolute_url, output_url_policy
 from products.models import Product
-from requests_app import csv_io, services, webhooks
 from requests_app.models import ApiKey, OutputFormat, ProcessingRequest
+from requests_app.selectors import images_by_product, request_output_rows
+from requests_app.services import webhooks
+from requests_app.services.errors import RequestNotFinished, ServiceError
+from requests_app.services.requests import RequestOptions, request_create, request_retry_failed
 
 STATUS_PAGE_SIZE = 100
 # Room for the multipart envelope and the other fields around the file.
@@ -341,12 +345,12 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
         upload = data["file"]
         if upload.size is not None and upload.size > settings.CSV_MAX_BYTES:
             raise csv_io.CsvTooLarge(settings.CSV_MAX_BYTES)
-        options = services.RequestOptions(
+        options = RequestOptions(
             quality=data.get("quality") or settings.IMAGE_DEFAULT_QUALITY,
             output_format=data["output_format"],
             webhook_url=data.get("webhook_url", ""),
         )
-        processing_request, created = services.request_create(
+        processing_request, created = request_create(
             owner=request.user,  # type: ignore[arg-type]  # IsAuthenticated: never anonymous
             csv_file=upload,
             filename=upload.name or "",
@@ -385,7 +389,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             .order_by("position")
             .values_list("id", "serial_number", "product_name")
         )
-        images = services.images_by_product([p[0] for p in products])
+        images = images_by_product([p[0] for p in products])
         status_url = absolute_url(obj.get_status_path())
         body = {
             "request_id": obj.pk,
@@ -440,10 +444,10 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({"partial": exc.detail}) from None
         if not obj.is_finished and not partial:
-            raise services.RequestNotFinished(
+            raise RequestNotFinished(
                 f"The request is {obj.status}; download it once it has finished, or add ?partial=1."
             )
-        rows = services.request_output_rows(request=obj)
+        rows = request_output_rows(request=obj)
         response = StreamingHttpResponse(
             (chunk.encode("utf-8") for chunk in csv_io.render_output(rows)), content_type="text/csv; charset=utf-8"
         )
@@ -468,7 +472,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
     def retry(self, request: Request, pk: str) -> Response:
         """Re-queue the failed images of a finished request."""
         obj = self.get_object()
-        count = services.request_retry_failed(request=obj)
+        count = request_retry_failed(request=obj)
         return Response(
             {"request_id": obj.pk, "status": obj.status, "images_requeued": count},
             status=status.HTTP_202_ACCEPTED,
@@ -524,6 +528,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         )
     if isinstance(exc, csv_io.CsvTooLarge):
         return Response({"error": "too_large", "detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-    if isinstance(exc, services.ServiceError):
+    if isinstance(exc, ServiceError):
         return Response({"error": exc.code, "detail": str(exc)}, status=exc.status_code)
     return drf_exception_handler(exc, context)

@@ -14,7 +14,7 @@ How it holds together:
   attempt is sent once, or again only if its worker died (receivers dedupe on webhook-id).
 * Every attempt is signed afresh, because receivers refuse a `webhook-timestamp` older than
   a few minutes; the body and the webhook-id never change, across retries and resends.
-* All HTTP goes through imageproc.fetch.post: the address guard at connect time, no
+* All HTTP goes through imageproc.engine.fetch.post: the address guard at connect time, no
   redirects, one total deadline. No database transaction is open around it.
 """
 
@@ -43,7 +43,7 @@ from django_q.conf import Conf
 from django_q.tasks import async_task
 from standardwebhooks import Webhook
 
-from imageproc import fetch
+from imageproc.engine import fetch
 from imageproc.storage import absolute_url
 from requests_app.models import (
     FINISHED_STATUSES,
@@ -53,12 +53,13 @@ from requests_app.models import (
     WebhookStatus,
     new_webhook_secret,
 )
-from requests_app.services import RequestNotFinished, ServiceError, api_client_enable_webhooks
+from requests_app.services.clients import api_client_enable_webhooks
+from requests_app.services.errors import RequestNotFinished, ServiceError
 
 logger = logging.getLogger(__name__)
 
 EVENT_REQUEST_COMPLETED = "request.completed"
-TASK = "requests_app.tasks.webhook_deliver"
+TASK = "imageproc.tasks.webhook_deliver"
 
 # Fixed forever: event ids are uuid5(namespace, request + type + completion time).
 _EVENT_NAMESPACE = uuid.UUID("5079c7f6-eac2-4f12-9079-1faa6c5fbe05")
@@ -381,7 +382,7 @@ class _Outcome:
 
 def webhook_deliver(*, delivery_id: Any) -> str:
     """Send one due attempt and record how it went: the body of the task
-    requests_app.tasks.webhook_deliver. Safe to run twice, late or never (the sweeper).
+    imageproc.tasks.webhook_deliver. Safe to run twice, late or never (the sweeper).
 
     2xx: succeeded. 410: disabled, and the client's webhooks with it (the reason is kept).
     3xx (never followed), other 4xx, a refused URL: failed for good. 408, 429, 5xx, timeouts

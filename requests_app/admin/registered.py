@@ -27,9 +27,14 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_POST
 
-from requests_app import admin_views, csv_io, services, webhooks
-from requests_app.admin_views import NoAddOrChange, UploadForm, staff_user
+from imageproc.engine import csv_io
+from requests_app.admin import views as admin_views
+from requests_app.admin.views import NoAddOrChange, UploadForm, staff_user
 from requests_app.models import ApiClient, ApiKey, ProcessingRequest, WebhookDelivery
+from requests_app.services import webhooks
+from requests_app.services.clients import api_client_create, api_client_enable_webhooks, api_key_create, api_key_revoke
+from requests_app.services.errors import ServiceError
+from requests_app.services.requests import request_reprocess, request_retry_failed
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.
@@ -214,7 +219,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
                     csv_errors = exc
                 except csv_io.CsvTooLarge as exc:
                     form.add_error("file", str(exc))
-                except services.ServiceError as exc:  # too many requests in progress, ...
+                except ServiceError as exc:  # too many requests in progress, ...
                     form.add_error(None, str(exc))
                 else:
                     self.log_addition(request, obj, [{"added": {}}])
@@ -239,12 +244,12 @@ class ProcessingRequestAdmin(RequestAdminBase):
     # --- Actions on one request (buttons of the request page) ---------------------------------
 
     def _retry(self, request: HttpRequest, obj: ProcessingRequest) -> int:
-        count = services.request_retry_failed(request=obj)
+        count = request_retry_failed(request=obj)
         self.log_change(request, obj, f"Retried {_plural(count, 'failed image')}.")
         return count
 
     def _reprocess(self, request: HttpRequest, obj: ProcessingRequest) -> int:
-        count = services.request_reprocess(request=obj)
+        count = request_reprocess(request=obj)
         self.log_change(request, obj, f"Reprocessed {_plural(count, 'image')} from scratch.")
         return count
 
@@ -266,7 +271,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
         obj = self._get(request, object_id, change=True)
         try:
             count = self._retry(request, obj)
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             self._failed(request, exc)
         else:
             messages.success(request, f"Re-queued {_plural(count, 'failed image')}.")
@@ -278,7 +283,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
             return self._reprocess_confirmation(request, [obj], form_action=request.path)
         try:
             count = self._reprocess(request, obj)
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             self._failed(request, exc)
         else:
             messages.success(request, f"Reprocessing {_plural(count, 'image')} from scratch.")
@@ -291,7 +296,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
         obj = self._get(request, object_id, change=True)
         try:
             self._resend(request, obj)
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             self._failed(request, exc)
         else:
             messages.success(request, "The completion webhook is on its way.")
@@ -325,7 +330,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
         for obj in queryset:
             try:
                 results.append(act(request, obj))
-            except services.ServiceError as exc:
+            except ServiceError as exc:
                 problems.append(f"{obj.original_filename or obj.pk}: {exc}")
         for problem in problems:
             messages.warning(request, problem)
@@ -558,10 +563,10 @@ class ApiClientAdmin(ApiClientAdminBase):
             raise PermissionDenied
         form = ApiClientCreationForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            client, _ = services.api_client_create(name=form.cleaned_data["name"])
+            client, _ = api_client_create(name=form.cleaned_data["name"])
             if form.cleaned_data["default_webhook_url"]:
                 webhooks.api_client_set_default_webhook_url(client=client, url=form.cleaned_data["default_webhook_url"])
-            raw = services.api_key_create(client=client)
+            raw = api_key_create(client=client)
             self.log_addition(request, client, [{"added": {}}])
             return self._secret_page(request, client, api_key=raw, webhook_secret=client.webhook_secret)
         context = {
@@ -610,7 +615,7 @@ class ApiClientAdmin(ApiClientAdminBase):
                 message="The key is shown once, on the next page. The client's other keys keep working.",
                 button="Create a key",
             )
-        raw = services.api_key_create(client=client)
+        raw = api_key_create(client=client)
         self.log_change(request, client, f"Created API key {raw[4:12]}.")
         return self._secret_page(request, client, api_key=raw)
 
@@ -646,7 +651,7 @@ class ApiClientAdmin(ApiClientAdminBase):
                 button="Revoke the key",
                 danger=True,
             )
-        services.api_key_revoke(prefix=prefix)
+        api_key_revoke(prefix=prefix)
         self.log_change(request, client, f"Revoked API key {prefix}.")
         messages.success(request, f"Revoked the key ipk_{prefix}_….")
         return redirect("admin:requests_app_apiclient_change", client.pk)
@@ -657,7 +662,7 @@ class ApiClientAdmin(ApiClientAdminBase):
         if "default_webhook_url" in form.changed_data:
             webhooks.api_client_set_default_webhook_url(client=obj, url=obj.default_webhook_url)
         if form.cleaned_data.get("re_enable_webhooks"):
-            services.api_client_enable_webhooks(client=obj)
+            api_client_enable_webhooks(client=obj)
 
 
 class RevokedFilter(admin.SimpleListFilter):
@@ -712,7 +717,7 @@ class ApiKeyAdmin(NoAddOrChange, ApiKeyAdminBase):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
         for prefix in queryset.filter(revoked_at__isnull=True).values_list("prefix", flat=True):
-            services.api_key_revoke(prefix=prefix)
+            api_key_revoke(prefix=prefix)
             revoked += 1
         messages.success(request, f"Revoked {_plural(revoked, 'key')}.")
 
@@ -792,7 +797,7 @@ class WebhookDeliveryAdmin(NoAddOrChange, DeliveryAdminBase):
         for obj in ProcessingRequest.objects.filter(pk__in=request_ids):
             try:
                 delivery = webhooks.webhook_resend(request=obj)
-            except services.ServiceError as exc:
+            except ServiceError as exc:
                 messages.warning(request, f"{obj.pk}: {exc}")
                 continue
             if delivery is None:

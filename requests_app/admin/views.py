@@ -26,11 +26,13 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from imageproc.engine import csv_io
 from imageproc.storage import output_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app import csv_io, services, webhooks
-from requests_app.api import ProcessingRequestViewSet
+from requests_app.api.views import ProcessingRequestViewSet
 from requests_app.models import OutputFormat, ProcessingRequest, RequestStatus
+from requests_app.services import webhooks
+from requests_app.services.requests import ACTIVE_STATUSES, RequestOptions, request_create
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -360,10 +362,10 @@ def upload_csv(form: UploadForm, user: User) -> ProcessingRequest:
     """Start a request for the logged-in user, exactly as POST /csv/upload would."""
     data = form.cleaned_data
     upload = data["file"]
-    options = services.RequestOptions(
+    options = RequestOptions(
         quality=data["quality"], output_format=data["output_format"], webhook_url=data["webhook_url"]
     )
-    obj, _ = services.request_create(owner=user, csv_file=upload, filename=upload.name or "", options=options)
+    obj, _ = request_create(owner=user, csv_file=upload, filename=upload.name or "", options=options)
     return obj
 
 
@@ -413,7 +415,7 @@ def service_overview() -> dict[str, Any]:
     since = timezone.now() - timedelta(days=1)
     return {
         "workers": health.workers_check(),
-        "active": ProcessingRequest.objects.filter(status__in=services.ACTIVE_STATUSES).count(),
+        "active": ProcessingRequest.objects.filter(status__in=ACTIVE_STATUSES).count(),
         # A finished request is not updated after its completion: updated_at is when it ended.
         "failed_today": ProcessingRequest.objects.filter(status__in=WITH_FAILURES, updated_at__gte=since).count(),
     }

@@ -1,0 +1,75 @@
+"""Finalisation: once every image of a request has ended, exactly one task writes its output
+CSV, sets its final status and sends its completion webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db.models import F
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from imageproc.engine import csv_io
+from imageproc.engine.naming import csv_output_name
+from requests_app.models import ProcessingRequest, RequestStatus
+from requests_app.selectors import request_output_rows
+from requests_app.services import webhooks
+
+logger = logging.getLogger(__name__)
+
+
+def request_try_finalize(*, request_id: Any, here: bool = False) -> bool:
+    """Claim the request's finalisation if every image has ended. Exactly one caller wins
+    the conditional UPDATE, and only the winner finalises: at once in this process with
+    `here` (an image task, which ended the request), else through the queue."""
+    won = ProcessingRequest.objects.filter(
+        pk=request_id,
+        status__in=(RequestStatus.PENDING, RequestStatus.PROCESSING),
+        images_total=F("images_done") + F("images_failed"),
+    ).update(status=RequestStatus.FINALIZING, updated_at=timezone.now())
+    if won and here:
+        try:
+            request_finalize(request_id=request_id)
+        except Exception:  # S3 or the database failed: the queue retries it
+            logger.exception("request %s: finalisation failed; queued to be tried again", request_id)
+            async_task("imageproc.tasks.finalize_request", str(request_id))
+    elif won:
+        async_task("imageproc.tasks.finalize_request", str(request_id))
+    return bool(won)
+
+
+def request_finalize(*, request_id: Any) -> str | None:
+    """Write the output CSV and set the final status. Idempotent: it acts only on a
+    request in `finalizing`, which exactly one task claimed (request_try_finalize)."""
+    request = ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.FINALIZING).first()
+    if request is None:
+        return None
+    name = csv_output_name(request.pk)
+    content = "".join(csv_io.render_output(request_output_rows(request=request))).encode("utf-8")
+    csv_file = ContentFile(content, name=name)
+    csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
+    saved = default_storage.save(name, csv_file)
+    final = request.final_status()
+    now = timezone.now()
+    changed = ProcessingRequest.objects.filter(pk=request.pk, status=RequestStatus.FINALIZING).update(
+        status=final, completed_at=now, updated_at=now, output_csv_name=saved
+    )
+    if changed:
+        logger.info("request %s finished: %s", request.pk, final)
+        request_finished(request_id=request.pk)
+    return final
+
+
+def request_finished(*, request_id: Any) -> None:
+    """What follows a request's end (in the worker that finalised it): its completion
+    webhook. This records the event and sends it from a thread of the worker, never waiting
+    for the receiver. If it fails, the sweeper creates the event later
+    (requests_app.services.webhooks.webhook_sweep), so the request's end is not undone."""
+    try:
+        webhooks.webhook_event_create(request_id=request_id, send_here=True)
+    except Exception:
+        logger.exception("request %s: could not create its webhook event; the sweeper will", request_id)

@@ -1,0 +1,304 @@
+"""Processing one batch: claim, then stream it through fetch → compress → store, recording
+results as they land.
+
+The database is the source of truth and the queue only a trigger. Every step is a
+conditional UPDATE that checks how many rows it changed, so a task delivered twice, or a
+sweeper re-queueing work a live worker still holds, changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db.models import F
+from django.utils import timezone
+
+from imageproc.engine.compress import CompressOptions, CompressResult, ImageRejected, compress
+from imageproc.engine.fetch import FetchError, FetchPolicy, FetchResult, fetch_image
+from imageproc.engine.naming import image_output_name
+from imageproc.pipeline.finalize import request_try_finalize
+from imageproc.pipeline.records import Group, record_done, record_failed
+from imageproc.pipeline.resources import fetch_policy, io_pools, trim_malloc
+from products.models import ImageStatus, ProductImage
+from requests_app.models import ProcessingRequest, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+
+# STEAL_LOOKAHEAD images of the request are still pending; closer to the end, only what it
+# can start downloading at once, so that no worker sits on images another, idle, could take.
+STEAL_URLS = 8
+STEAL_LOOKAHEAD = 4 * STEAL_URLS
+# After compressing an input this big, the worker returns freed heap pages to the system.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
+# Seconds between two writes of finished images (and of the request's progress counters).
+RECORD_EVERY = 0.5
+
+
+def _ms(start: float) -> int:
+    return int((time.perf_counter() - start) * 1000)
+
+
+def _timed_fetch(url: str, policy: FetchPolicy) -> tuple[FetchResult, int]:
+    start = time.perf_counter()
+    return fetch_image(url, policy=policy), _ms(start)
+
+
+def _timed_store(request_id: Any, key: str, result: CompressResult) -> tuple[str, int]:
+    # Named here, in an upload thread: the name hashes the output's bytes, work the
+    # compressing thread need not wait for.
+    start = time.perf_counter()
+    name = image_output_name(request_id, key, result.data, result.extension)
+    content = ContentFile(result.data, name=name)
+    content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
+    saved = default_storage.save(name, content)
+    return saved, _ms(start)
+
+
+def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
+    """Process one batch: claim, then stream it through fetch (concurrent) → compress (here)
+    → store (concurrent), recording results as they land; then try to claim the request's
+    finalisation.
+
+    When its own images are all under way, the task claims more pending images of the same
+    request (first attempts only, for IMAGE_STEAL_SECONDS at most), so that a worker never
+    waits at a batch boundary for the first download of its next batch, and the workers end
+    a request together. The tasks of the images it took find them claimed and do nothing.
+    """
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    claimed = ProductImage.objects.filter(pk__in=image_ids, status=ImageStatus.PENDING).update(
+        status=ImageStatus.PROCESSING, claim_token=token, claimed_at=now, attempts=F("attempts") + 1
+    )
+    if not claimed:
+        # Delivered twice, or the sweeper re-queued what another worker already holds.
+        request_try_finalize(request_id=request_id, here=True)
+        return
+    ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.PENDING).update(
+        status=RequestStatus.PROCESSING, started_at=now, updated_at=now
+    )
+    request = ProcessingRequest.objects.only("quality", "output_format").get(pk=request_id)
+    options = CompressOptions(
+        quality=request.quality, output_format=request.output_format, max_pixels=settings.IMAGE_MAX_PIXELS
+    )
+    groups, retried = _claimed_groups(ProductImage.objects.filter(claim_token=token))
+    _crash_hook(groups)
+    # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
+    # the worker again, it must not take images it stole with it.
+    stream = _Stream(request_id, token, options, groups, steal=not retried)
+    stream.run()
+    logger.info(
+        "request %s: %d URLs in %.2f s, the compressor idle %.2f s of it",
+        request_id,
+        stream.fetched,
+        time.monotonic() - stream.started,
+        stream.waited,
+    )
+    request_try_finalize(request_id=request_id, here=True)
+
+
+def _claimed_groups(images: Any) -> tuple[list[Group], bool]:
+    """The claimed images grouped by source URL, and whether any of them is a retry."""
+    # order_by(): Meta.ordering (product, then its request) would join two more tables or
+    # collections into a read that needs only this one (tests/test_mongo_offline.py).
+    rows = list(images.order_by().values_list("id", "source_url", "source_key", "attempts"))
+    return _grouped(rows), any(row[3] > 1 for row in rows)
+
+
+def _grouped(rows: Iterable[Sequence[Any]]) -> list[Group]:
+    """(image id, source URL, source key, ...) rows as one group per source URL."""
+    groups: dict[str, Group] = {}
+    for image_id, url, key, *_ in rows:
+        groups.setdefault(key, Group(url=url, key=key)).ids.append(image_id)
+    return list(groups.values())
+
+
+class _Stream:
+    """The pipeline of one task. The main thread compresses one image at a time; the I/O
+    pool downloads ahead of it and uploads behind it.
+
+    Downloads run ahead within a memory budget (IMAGE_PREFETCH_BYTES of inputs downloaded
+    or, at the average size seen so far, being downloaded, besides the one being compressed),
+    so a worker fed 12 MP PNGs holds a few of them, not IMAGE_IO_THREADS. Results are
+    recorded in one transaction every RECORD_EVERY seconds.
+    """
+
+    def __init__(
+        self, request_id: Any, token: str, options: CompressOptions, groups: list[Group], *, steal: bool
+    ) -> None:
+        self.request_id = request_id
+        self.token = token
+        self.options = options
+        self.todo: deque[Group] = deque(groups)
+        self.fetching: dict[Future[tuple[FetchResult, int]], Group] = {}
+        self.storing: dict[Future[tuple[str, int]], Group] = {}
+        self.ready: deque[tuple[Group, bytes]] = deque()
+        self.finished: list[Group] = []
+        self.held = 0  # bytes of inputs downloaded and waiting for the compressor
+        self.fetched = 0
+        self.fetched_bytes = 0
+        self.threads = settings.IMAGE_IO_THREADS
+        self.budget = settings.IMAGE_PREFETCH_BYTES
+        self.started = time.monotonic()
+        self.steal_until = self.started + settings.IMAGE_STEAL_SECONDS if steal else 0.0
+        self.fetch_pool, self.store_pool = io_pools()
+        self.waited = 0.0  # seconds the compressor had nothing to do
+        self.recorded = self.started  # when results were last written to the database
+        self.policy = fetch_policy()
+
+    def run(self) -> None:
+        while self.todo or self.fetching or self.ready or self.storing:
+            if self.ready:
+                group, data = self.ready.popleft()
+                # The budget is for inputs ahead of the compressor: the next downloads start
+                # before this image is compressed, not after. A 12 MP PNG takes ~0.3 s; had
+                # it counted against the budget until then, the next image would only begin
+                # to download once it was done, and the compressor would wait for it.
+                self.held -= len(data)
+                self._fetch_ahead()
+                self._compress(group, data)
+                if len(data) >= TRIM_AFTER_BYTES:
+                    del data
+                    trim_malloc()
+                self._collect(block=False)
+            else:
+                self._fetch_ahead()
+                self._collect(block=True)
+            self._record()
+        self._record(flush=True)
+
+    def _expected_size(self) -> int:
+        # Before the first download ends, assume a large photograph.
+        return self.fetched_bytes // self.fetched if self.fetched else 4 * 1024 * 1024
+
+    def _fetch_ahead(self) -> None:
+        while len(self.fetching) < self.threads:
+            in_memory = self.held + len(self.fetching) * self._expected_size()
+            # Always keep one download going while the CPU has nothing to do.
+            if in_memory >= self.budget and (self.fetching or self.ready):
+                return
+            if not self.todo:
+                room = max(1, (self.budget - in_memory) // self._expected_size())
+                if not self._steal(min(room, self.threads - len(self.fetching))):
+                    return
+                continue  # what was claimed may be nothing: look again
+            group = self.todo.popleft()
+            self.fetching[self.fetch_pool.submit(_timed_fetch, group.url, self.policy)] = group
+
+    def _steal(self, room: int) -> bool:
+        """Claim more pending URLs of the request: STEAL_URLS of them, or only `room` (what
+        can be downloaded now) near the request's end. False when there are none."""
+        if time.monotonic() > self.steal_until:
+            return False
+        pending = ProductImage.objects.filter(request_id=self.request_id, status=ImageStatus.PENDING, attempts=0)
+        ahead = list(pending.order_by().values_list("source_key", flat=True)[:STEAL_LOOKAHEAD])
+        urls = STEAL_URLS if len(ahead) == STEAL_LOOKAHEAD else min(room, STEAL_URLS)
+        keys: list[str] = []
+        for key in ahead:
+            if key not in keys:
+                keys.append(key)
+                if len(keys) == urls:
+                    break
+        if not keys:
+            self.steal_until = 0.0
+            return False
+        # Every copy of these URLs, so that each is still fetched once.
+        rows = list(pending.filter(source_key__in=keys).order_by().values_list("id", "source_url", "source_key"))
+        ids = [row[0] for row in rows]
+        claimed = ProductImage.objects.filter(pk__in=ids, status=ImageStatus.PENDING).update(
+            status=ImageStatus.PROCESSING, claim_token=self.token, claimed_at=timezone.now(), attempts=F("attempts") + 1
+        )
+        if claimed == len(ids):  # all ours: no need to read them back
+            taken = _grouped(rows)
+        elif claimed:  # another worker took some of them meanwhile: read back which are ours
+            taken, _ = _claimed_groups(ProductImage.objects.filter(pk__in=ids, claim_token=self.token))
+        else:
+            return True  # another worker was quicker: the caller looks again
+        _crash_hook(taken)
+        self.todo.extend(taken)
+        return True
+
+    def _compress(self, group: Group, data: bytes) -> None:
+        start = time.perf_counter()
+        try:
+            group.result = compress(data, self.options)
+        except ImageRejected as exc:
+            record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+            return
+        except Exception as exc:
+            logger.exception("image %s failed at compress", group.url)
+            record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        group.compress_ms = _ms(start)
+        future = self.store_pool.submit(_timed_store, self.request_id, group.key, group.result)
+        self.storing[future] = group
+
+    def _collect(self, *, block: bool) -> None:
+        futures: list[Future[Any]] = [*self.fetching, *self.storing]
+        if block:
+            start = time.perf_counter()
+            # Finished images are written when due even if the wait is long (a hanging
+            # download, stopped only by the task's timeout, must not take them down with it).
+            due = self.recorded + RECORD_EVERY - time.monotonic() if self.finished else None
+            done, _ = wait(futures, timeout=None if due is None else max(due, 0.0), return_when=FIRST_COMPLETED)
+            self.waited += time.perf_counter() - start
+        else:
+            done = {f for f in futures if f.done()}
+        for future in done:
+            if future in self.fetching:
+                group = self.fetching.pop(future)
+                try:
+                    fetched, group.fetch_ms = future.result()
+                except FetchError as exc:
+                    record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+                    continue
+                except Exception as exc:
+                    logger.exception("image %s failed at fetch", group.url)
+                    record_failed(
+                        self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}"
+                    )
+                    continue
+                group.bytes_in = len(fetched.data)
+                self.held += group.bytes_in
+                self.fetched += 1
+                self.fetched_bytes += group.bytes_in
+                self.ready.append((group, fetched.data))
+            else:
+                group = self.storing.pop(future)
+                try:
+                    group.name, group.store_ms = future.result()
+                except Exception as exc:
+                    logger.exception("image %s failed at store", group.url)
+                    record_failed(
+                        self.request_id, self.token, group.ids, "storage_error", f"{type(exc).__name__}: {exc}"
+                    )
+                    group.result = None
+                    continue
+                self.finished.append(group)
+
+    def _record(self, *, flush: bool = False) -> None:
+        # One transaction per RECORD_EVERY seconds, not one per image: on SQLite every write
+        # transaction waits for the database lock the other workers also want.
+        if self.finished and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
+            record_done(self.request_id, self.token, self.finished)
+            self.finished = []
+            self.recorded = time.monotonic()
+
+
+def _crash_hook(groups: Iterable[Group]) -> None:
+    """TEST ONLY (IMAGEPROC_CRASH_ON_URL_SUBSTRING, empty in real deployments): die holding
+    the claim, as a worker killed by the OOM killer or a segfaulting decoder would."""
+    marker = settings.IMAGEPROC_CRASH_ON_URL_SUBSTRING
+    if marker and any(marker in group.url for group in groups):
+        logger.critical("IMAGEPROC_CRASH_ON_URL_SUBSTRING matched: this worker exits now (test hook)")
+        os._exit(1)
