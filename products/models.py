@@ -66,6 +66,10 @@ class ProductImage(models.Model):
     compress_ms = models.PositiveIntegerField(null=True, blank=True)
     store_ms = models.PositiveIntegerField(null=True, blank=True)
 
+    # Not a column: the absolute URL of the output, set by requests_app.selectors on the
+    # images it reads (None where the image is not done).
+    output_url: str | None = None
+
     class Meta:
         ordering = ("product_id", "position")  # the column: ordering by the FK would join
         indexes = [

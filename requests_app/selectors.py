@@ -1,25 +1,192 @@
 """Reads: every query that the API, the admin, the commands and the webhook payload share
 lives here, once (HackSoft's selectors pattern). Nothing here writes.
+
+Products are read by an index range on `position` (no OFFSET, no COUNT: a request knows
+its product count), and the images of a page of products in one more query.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from django.core.paginator import Page, Paginator
+from django.db.models import Count
 
 from imageproc.storage import output_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.models import (
-    ProcessingRequest,
+from requests_app.models import ProcessingRequest
+
+# Products read at a time when the whole output CSV is written.
+OUTPUT_CHUNK = 1000
+
+# What the API, the admin and the commands show of an image.
+IMAGE_FIELDS = (
+    "id",
+    "product_id",
+    "position",
+    "source_url",
+    "status",
+    "attempts",
+    "error_code",
+    "error_message",
+    "output_name",
+    "kept_original",
+    "bytes_in",
+    "bytes_out",
+    "width",
+    "height",
+    "input_format",
+    "fetch_ms",
+    "compress_ms",
+    "store_ms",
 )
 
-logger = logging.getLogger(__name__)
+
+# What the output CSV needs of an image.
+OUTPUT_FIELDS = ("id", "product_id", "position", "source_url", "status", "output_name")
 
 
-OUTPUT_CHUNK = 1000
-# Products parsed, built and inserted at a time by request_create.
+class PageOutOfRange(LookupError):
+    """A page number past the last page (or below 1)."""
+
+
+# --- Progress ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A request's progress from its counters, as the status API, the admin, the commands and
+    the webhook payload report it."""
+
+    images_total: int
+    images_done: int
+    images_failed: int
+    percent: float
+    # Images finished per second since the request started; None before the first one.
+    rate: float | None
+    # Seconds until every image has finished at that rate; None when unknown or finished.
+    eta_seconds: int | None
+
+    def as_counts(self) -> dict[str, Any]:
+        """The four counters of the API's `progress` object and the webhook payload."""
+        return {
+            "images_total": self.images_total,
+            "images_done": self.images_done,
+            "images_failed": self.images_failed,
+            "percent": self.percent,
+        }
+
+
+def request_progress(*, request: ProcessingRequest) -> Progress:
+    elapsed = request.duration
+    finished = request.images_finished
+    rate = finished / elapsed if elapsed and finished else None
+    remaining = request.images_total - finished
+    eta = remaining / rate if rate and remaining > 0 and not request.is_finished else None
+    return Progress(
+        images_total=request.images_total,
+        images_done=request.images_done,
+        images_failed=request.images_failed,
+        percent=request.percent,
+        rate=round(rate, 2) if rate else None,
+        eta_seconds=round(eta) if eta is not None else None,
+    )
+
+
+# --- Products and their images -----------------------------------------------------------------
+
+
+def _with_output_url(image: ProductImage) -> ProductImage:
+    done = image.status == ImageStatus.DONE and image.output_name
+    image.output_url = output_url(image.output_name) if done else None
+    return image
+
+
+def images_by_product(
+    product_ids: list[Any], *, fields: tuple[str, ...] = IMAGE_FIELDS
+) -> dict[Any, list[ProductImage]]:
+    """The images of some products in position order, each with `output_url` (absolute, or
+    None where the image is not done); only `fields` are read."""
+    grouped: dict[Any, list[ProductImage]] = {product_id: [] for product_id in product_ids}
+    if not product_ids:
+        return grouped
+    for image in (
+        ProductImage.objects.filter(product_id__in=product_ids).order_by("product_id", "position").only(*fields)
+    ):
+        grouped[image.product_id].append(_with_output_url(image))
+    return grouped
+
+
+def page_count(*, request: ProcessingRequest, per_page: int) -> int:
+    return max(1, -(-request.products_total // per_page))
+
+
+@dataclass(frozen=True)
+class ProductPage:
+    rows: list[tuple[Product, list[ProductImage]]]
+    page: int
+    pages: int
+    # 1-based row numbers of the first and last product shown (0, 0 when there is none).
+    first: int
+    last: int
+
+
+def product_page(*, request: ProcessingRequest, page: int, per_page: int) -> ProductPage:
+    """One page of products in row order, each with its images. Raises PageOutOfRange."""
+    pages = page_count(request=request, per_page=per_page)
+    if page < 1 or page > pages:
+        raise PageOutOfRange(page)
+    start = (page - 1) * per_page
+    products = list(
+        Product.objects.filter(request_id=request.pk, position__gte=start, position__lt=start + per_page)
+        .order_by("position")
+        .only("id", "position", "serial_number", "product_name")
+    )
+    images = images_by_product([product.pk for product in products])
+    return ProductPage(
+        rows=[(product, images[product.pk]) for product in products],
+        page=page,
+        pages=pages,
+        first=start + 1 if products else 0,
+        last=start + len(products),
+    )
+
+
+def product_status(images: list[ProductImage]) -> str:
+    """A product's state from its images': theirs when they agree, else `partial` once all
+    have ended, else `processing`."""
+    states = {image.status for image in images}
+    if len(states) == 1:
+        return states.pop()
+    if states <= {ImageStatus.DONE, ImageStatus.FAILED}:
+        return "partial"
+    return "processing"
+
+
+def failed_images(*, request: ProcessingRequest, page: int, per_page: int) -> Page[ProductImage]:
+    """The failed images of a request in row order, with their product, one page of them
+    (the last page for a number past it)."""
+    queryset = (
+        ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED)
+        .select_related("product")
+        .order_by("product__position", "position")
+        .only(*IMAGE_FIELDS, "product__position", "product__serial_number", "product__product_name")
+    )
+    current = Paginator(queryset, per_page).get_page(page)
+    for image in current.object_list:
+        _with_output_url(image)
+    return current
+
+
+def failure_counts(*, request: ProcessingRequest) -> Counter[str]:
+    """How many images failed with each error code."""
+    failed = ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED)
+    return Counter(
+        dict(failed.order_by().values_list("error_code").annotate(n=Count("id")).values_list("error_code", "n"))
+    )
 
 
 def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
@@ -31,28 +198,12 @@ def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, st
             .order_by("position")
             .values_list("id", "serial_number", "product_name")
         )
-        images = images_by_product([p[0] for p in products])
+        images = images_by_product([p[0] for p in products], fields=OUTPUT_FIELDS)
         for product_id, serial, name in products:
-            own = images.get(product_id, [])
+            own = images[product_id]
             yield (
                 serial,
                 name,
-                [image["source_url"] for image in own],
-                [image["output_url"] for image in own],
+                [image.source_url for image in own],
+                [image.output_url for image in own],
             )
-
-
-def images_by_product(product_ids: list[Any]) -> dict[Any, list[dict[str, Any]]]:
-    """The images of some products in position order, with absolute output URLs."""
-    grouped: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    rows = (
-        ProductImage.objects.filter(product_id__in=product_ids)
-        .order_by("product_id", "position")
-        .values("product_id", "source_url", "status", "output_name", "error_code", "error_message")
-    )
-    for row in rows:
-        image: dict[str, Any] = dict(row)
-        done = image["status"] == ImageStatus.DONE and image["output_name"]
-        image["output_url"] = output_url(image["output_name"]) if done else None
-        grouped[image["product_id"]].append(image)
-    return grouped

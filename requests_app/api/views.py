@@ -24,9 +24,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from imageproc.engine import csv_io
 from imageproc.storage import absolute_url, output_url_policy
-from products.models import Product
 from requests_app.models import ApiKey, OutputFormat, ProcessingRequest
-from requests_app.selectors import images_by_product, request_output_rows
+from requests_app.selectors import PageOutOfRange, product_page, product_status, request_output_rows, request_progress
 from requests_app.services import webhooks
 from requests_app.services.errors import RequestNotFinished, ServiceError
 from requests_app.services.requests import RequestOptions, request_create, request_retry_failed
@@ -101,16 +100,7 @@ class RequestSummarySerializer(serializers.ModelSerializer[ProcessingRequest]):
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, obj: ProcessingRequest) -> dict[str, Any]:
-        return progress(obj)
-
-
-def progress(obj: ProcessingRequest) -> dict[str, Any]:
-    return {
-        "images_total": obj.images_total,
-        "images_done": obj.images_done,
-        "images_failed": obj.images_failed,
-        "percent": obj.percent,
-    }
+        return request_progress(request=obj).as_counts()
 
 
 class ImageErrorSerializer(serializers.Serializer[Any]):
@@ -203,15 +193,6 @@ UPLOAD_400_SCHEMA: dict[str, Any] = {
         },
     ]
 }
-
-
-def _product_status(images: list[dict[str, Any]]) -> str:
-    states: set[str] = {image["status"] for image in images}
-    if len(states) == 1:
-        return states.pop()
-    if states <= {"done", "failed"}:
-        return "partial"
-    return "processing"
 
 
 class UploadThrottle(SimpleRateThrottle):
@@ -380,16 +361,11 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             page = int(request.query_params.get("page", "1"))
         except ValueError:
             raise NotFound("Invalid page.") from None
-        pages = max(1, -(-obj.products_total // STATUS_PAGE_SIZE))
-        if page < 1 or page > pages:
-            raise NotFound("Invalid page.")
-        start = (page - 1) * STATUS_PAGE_SIZE
-        products = list(
-            Product.objects.filter(request_id=obj.pk, position__gte=start, position__lt=start + STATUS_PAGE_SIZE)
-            .order_by("position")
-            .values_list("id", "serial_number", "product_name")
-        )
-        images = images_by_product([p[0] for p in products])
+        try:
+            listing = product_page(request=obj, page=page, per_page=STATUS_PAGE_SIZE)
+        except PageOutOfRange:
+            raise NotFound("Invalid page.") from None
+        pages = listing.pages
         status_url = absolute_url(obj.get_status_path())
         body = {
             "request_id": obj.pk,
@@ -397,7 +373,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             "created_at": obj.created_at,
             "started_at": obj.started_at,
             "completed_at": obj.completed_at,
-            "progress": progress(obj),
+            "progress": request_progress(request=obj).as_counts(),
             "bytes_in": obj.bytes_in,
             "bytes_out": obj.bytes_out,
             "output_url": absolute_url(obj.get_output_path()),
@@ -407,18 +383,18 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
             "previous": f"{status_url}?page={page - 1}" if page > 1 else None,
             "products": [
                 {
-                    "serial_number": serial,
-                    "product_name": name,
-                    "status": _product_status(images.get(product_id, [])),
-                    "input_image_urls": [i["source_url"] for i in images.get(product_id, [])],
-                    "output_image_urls": [i["output_url"] for i in images.get(product_id, [])],
+                    "serial_number": product.serial_number,
+                    "product_name": product.product_name,
+                    "status": product_status(images),
+                    "input_image_urls": [i.source_url for i in images],
+                    "output_image_urls": [i.output_url for i in images],
                     "errors": [
-                        {"url": i["source_url"], "code": i["error_code"], "message": i["error_message"]}
-                        for i in images.get(product_id, [])
-                        if i["status"] == "failed"
+                        {"url": i.source_url, "code": i.error_code, "message": i.error_message}
+                        for i in images
+                        if i.status == "failed"
                     ],
                 }
-                for product_id, serial, name in products
+                for product, images in listing.rows
             ],
         }
         return Response(body)
