@@ -42,9 +42,10 @@ test-mongo: $(VENV)/.dev var  ## the end-to-end suite against MONGODB_URI (Mongo
 	@test -n "$$MONGODB_URI" || { echo "MONGODB_URI is not set, e.g. MONGODB_URI='mongodb://127.0.0.1:27017/?replicaSet=rs0' make test-mongo" >&2; exit 2; }
 	$(VENV)/bin/pytest -m e2e tests/test_mongo_server.py -rs $(PYTEST_ARGS)
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev  ## ruff, ruff format, and the import-linter contracts of the layers (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy .
