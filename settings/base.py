@@ -49,8 +49,28 @@ DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-key-for-local-runs-only-never-in-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-# The origin that absolute URLs handed to clients start with (status, output CSV, webhooks).
-PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Where `manage.py serve` (`make run`) listens. Unless PUBLIC_BASE_URL says otherwise, they
+# are also the origin of every link the service hands out, so `PORT=8100 make run` gives
+# links to port 8100 (serve passes its --host/--port on to its children the same way).
+HOST = env.str("HOST", default="127.0.0.1")
+PORT = env.int("PORT", default=8000)
+if not 0 < PORT < 65536:
+    raise ImproperlyConfigured(f"PORT must be a TCP port (1-65535), got {PORT}")
+
+
+def _link_host(host: str) -> str:
+    """The host of a link to a server bound to `host`: a wildcard address is reachable on
+    this machine's loopback; an IPv6 literal goes in brackets."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 (a bind address, read here, not bound)
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# The origin that absolute URLs handed to clients start with (status, output CSV, webhooks):
+# the public one behind a proxy or a domain. Empty or unset: this server's own HOST and PORT.
+PUBLIC_BASE_URL = (env.str("PUBLIC_BASE_URL", default="") or f"http://{_link_host(HOST)}:{PORT}").rstrip("/")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

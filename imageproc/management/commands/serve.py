@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 STOP_TIMEOUT = 120
@@ -24,8 +25,8 @@ class Command(BaseCommand):
     help = "Run the web server and the task workers together until Ctrl-C."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--host", default=settings.HOST, help="Default: HOST, else 127.0.0.1.")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="Default: PORT, else 8000.")
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--no-workers", action="store_true", help="Start the web server only.")
 
@@ -33,6 +34,8 @@ class Command(BaseCommand):
         python = sys.executable
         manage = os.path.abspath(sys.argv[0])
         children: dict[str, subprocess.Popen[bytes]] = {}
+        # The children read HOST and PORT for the links they hand out (settings/base.py).
+        env = {**os.environ, "HOST": host, "PORT": str(port)}
         stop_deadline: float | None = None
 
         def request_stop(signum: int, frame: Any) -> None:
@@ -58,9 +61,9 @@ class Command(BaseCommand):
             "--graceful-timeout", "10",
             "--access-logfile", "-",
         ]  # fmt: skip
-        children["web"] = subprocess.Popen(web_cmd, start_new_session=True)
+        children["web"] = subprocess.Popen(web_cmd, start_new_session=True, env=env)
         if not no_workers:
-            children["qcluster"] = subprocess.Popen([python, manage, "qcluster"], start_new_session=True)
+            children["qcluster"] = subprocess.Popen([python, manage, "qcluster"], start_new_session=True, env=env)
         self.stdout.write(
             self.style.SUCCESS(f"Serving on http://{host}:{port}/ (admin: /admin/, API docs: /api/docs/)")
         )
