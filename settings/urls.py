@@ -3,12 +3,16 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import TemplateView
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from imageproc.health import health
 
 urlpatterns = [
+    # The front page: what the service is, and links to the API docs, the admin and health
+    # (also where the admin's "View site" goes).
+    path("", TemplateView.as_view(template_name="landing.html"), name="home"),
     path("admin/", admin.site.urls),
     path("", include("requests_app.urls")),
     path("health/", health, name="health"),
