@@ -1,4 +1,5 @@
-"""Management commands through `call_command`: process_csv, reprocess and revoke_api_key.
+"""Management commands through `call_command`: process_csv, reprocess, create_api_client and
+revoke_api_key, and the services behind them.
 Tasks run synchronously in-process (test settings), against a real image server."""
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from requests_app.management.commands.process_csv import (
     watch,
     write_output,
 )
-from requests_app.models import ApiKey, ProcessingRequest, RequestStatus
+from requests_app.models import ApiClient, ApiKey, ProcessingRequest, RequestStatus
 from requests_app.services.clients import api_client_create, api_key_create
+from requests_app.services.errors import ApiClientExists, InvalidOptions
+from requests_app.services.onboarding import api_client_onboard
 from tests.conftest import ImageServer, csv_bytes, make_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -236,6 +239,55 @@ def test_reprocess_refuses_what_it_cannot_do(failed_request: ProcessingRequest) 
     assert "retry it once it has finished" in str(error) or "reprocess it once it has finished" in str(error)
     out, _ = run("reprocess", str(failed_request.pk), "--dry-run")
     assert "it would be refused until it has finished" in out
+
+
+# --- create_api_client (api_client_onboard) ------------------------------------------------------
+
+
+# The test settings exempt 127.0.0.2 from the webhook address guard (and from https); the URL
+# is only checked, never called.
+RECEIVER_URL = "http://127.0.0.2:9/hook"
+
+
+def test_create_api_client_onboards_once_then_adds_keys() -> None:
+    receiver_url = RECEIVER_URL
+    out, _ = run("create_api_client", "acme", "--webhook-url", receiver_url)
+    client = ApiClient.objects.get(user__username="acme")
+    assert out.splitlines()[0] == "Created API client acme."
+    assert f"default webhook URL: {receiver_url}" in out
+    assert f"webhook secret: {client.webhook_secret}" in out
+    first = out.strip().splitlines()[-1]
+    assert ApiKey.objects.get(client=client).key_hash == ApiKey.hash(first)
+
+    # Again without --webhook-url: the same client, a second key, the URL left as it was.
+    out, _ = run("create_api_client", "acme")
+    assert out.splitlines()[0] == "Found API client acme."
+    second = out.strip().splitlines()[-1]
+    assert second != first
+    assert set(ApiKey.objects.filter(client=client).values_list("key_hash", flat=True)) == {
+        ApiKey.hash(first),
+        ApiKey.hash(second),
+    }
+    client.refresh_from_db()
+    assert client.default_webhook_url == receiver_url
+    run("create_api_client", "acme", "--webhook-url", "")  # an empty string clears it
+    client.refresh_from_db()
+    assert client.default_webhook_url == ""
+
+
+def test_onboarding_refuses_a_bad_webhook_url_or_a_taken_name_and_creates_nothing() -> None:
+    error = run_failing("create_api_client", "evil", "--webhook-url", "http://10.0.0.1/hook")[0]
+    assert str(error).startswith("--webhook-url: ")
+    assert not User.objects.filter(username="evil").exists()
+
+    existing = api_client_onboard(name="acme").client
+    with pytest.raises(ApiClientExists, match="exists already"):
+        api_client_onboard(name="acme", default_webhook_url="", must_be_new=True)
+    assert ApiKey.objects.filter(client=existing).count() == 1
+    with pytest.raises(InvalidOptions) as info:
+        api_client_onboard(name="  ")
+    assert info.value.errors == {"name": ["A client needs a name."]}
+    assert ApiClient.objects.count() == 1
 
 
 # --- revoke_api_key ----------------------------------------------------------------------------
