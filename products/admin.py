@@ -15,15 +15,8 @@ from django.utils.safestring import SafeString
 
 from imageproc.storage import output_url as storage_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.admin.views import (
-    NOTHING,
-    TIMES,
-    NoAddOrChange,
-    human_bytes,
-    input_preview_allowed,
-    saving_percent,
-    status_badge,
-)
+from requests_app.admin.display import TIMES, NoAddOrChange, image_size, input_preview_allowed, status_badge, thumbnail
+from requests_app.formatting import NOTHING
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.
@@ -52,24 +45,6 @@ def _uuid(term: str) -> uuid.UUID | None:
         return uuid.UUID(term.strip())
     except ValueError:
         return None
-
-
-def thumbnail(url: str, *, referrer: bool, preview: bool = True) -> SafeString:
-    """A thumbnail that links to the image. Inputs are the client's URLs: loaded without a
-    referrer, so the client's server learns nothing about the admin. Without `preview`,
-    only the link (admin_views.input_preview_allowed)."""
-    if not url.startswith(("http://", "https://", "/")):
-        return format_html("{}", NOTHING)
-    image = format_html(
-        '<img src="{}" alt="" loading="lazy" referrerpolicy="{}" onerror="this.hidden=true">',
-        url,
-        "strict-origin-when-cross-origin" if referrer else "no-referrer",
-    )
-    return format_html(
-        '<a class="ip-thumb" href="{}" target="_blank" rel="noopener noreferrer">{}<span>no preview</span></a>',
-        url,
-        image if preview else "",
-    )
 
 
 class ImageCells:
@@ -104,13 +79,6 @@ class ImageInline(ImageCells, NoAddOrChange, ImageInlineBase):
     @admin.display(description="Error")
     def error(self, obj: ProductImage) -> str:
         return f"{obj.error_code}: {obj.error_message}" if obj.error_code else ""
-
-
-def image_size(obj: ProductImage) -> str:
-    if obj.bytes_in is None:
-        return NOTHING
-    saving = saving_percent(obj.bytes_in, obj.bytes_out)
-    return f"{human_bytes(obj.bytes_in)} → {human_bytes(obj.bytes_out)}" + (f" (saved {saving}%)" if saving else "")
 
 
 @admin.register(Product)

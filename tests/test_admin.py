@@ -22,7 +22,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.admin.views import PRODUCTS_PER_PAGE
+from requests_app.admin.request_page import PRODUCTS_PER_PAGE
 from requests_app.models import ApiClient, ApiKey, ProcessingRequest, RequestStatus, WebhookDelivery
 from requests_app.services.clients import api_client_create, api_key_create
 from requests_app.services.requests import RequestOptions, request_create

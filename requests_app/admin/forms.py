@@ -1,0 +1,99 @@
+"""The admin's own forms: uploading a CSV, creating an API client, a client's webhook settings.
+
+They check the shape of the input only. The rules (the webhook URL guard, the CSV's size and
+contents, a client's unique name) live in the services, which the admin views call; a domain
+error they raise comes back here as a form error (`add_service_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django import forms
+from django.conf import settings
+
+from requests_app.models import ApiClient, OutputFormat
+from requests_app.services.errors import InvalidOptions, ServiceError
+from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
+
+if TYPE_CHECKING:
+    # Generic in django-stubs only; subscripting it at runtime would need django-stubs-ext.
+    ApiClientFormBase = forms.ModelForm[ApiClient]
+else:
+    ApiClientFormBase = forms.ModelForm
+
+
+def add_service_error(
+    form: forms.Form, exc: ServiceError, *, field_of: Mapping[type[ServiceError], str] | None = None
+) -> None:
+    """Show a service's domain error on the form: InvalidOptions under each field it names;
+    another error under the field `field_of` gives for its class, else above the form."""
+    if isinstance(exc, InvalidOptions):
+        for name, messages in exc.errors.items():
+            form.add_error(name if name in form.fields else None, messages)
+        return
+    field = next((name for cls, name in (field_of or {}).items() if isinstance(exc, cls)), None)
+    form.add_error(field if field in form.fields else None, str(exc))
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        label="CSV file",
+        help_text="Columns: S. No., Product Name, Input Image Urls (comma-separated URLs). A header row is required.",
+    )
+    quality = forms.IntegerField(min_value=1, max_value=95, help_text="JPEG/WebP quality, 1 to 95.")
+    output_format = forms.ChoiceField(choices=OutputFormat.choices, initial=OutputFormat.JPEG)
+    webhook_url = forms.CharField(
+        required=False,
+        max_length=2048,
+        label="Webhook URL",
+        help_text="Optional: receives a signed POST when the request has finished.",
+        widget=forms.URLInput(attrs={"size": 60, "placeholder": "https://example.com/hooks/images"}),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["quality"].initial = settings.IMAGE_DEFAULT_QUALITY
+        # The admin's own <input type=file> styling expects no extra attributes.
+        self.fields["file"].widget.attrs["accept"] = ".csv,text/csv"
+
+    def clean_webhook_url(self) -> str:
+        # Until request_create checks the webhook URL itself (then its error comes back
+        # through add_service_error).
+        value = str(self.cleaned_data.get("webhook_url") or "").strip()
+        if value:
+            try:
+                webhook_url_check(value)
+            except WebhookUrlInvalid as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return value
+
+
+class ApiClientCreationForm(forms.Form):
+    name = forms.CharField(max_length=150, help_text="The client's name; it owns the requests it uploads.")
+    default_webhook_url = forms.CharField(
+        required=False,
+        max_length=2048,
+        label="Default webhook URL",
+        help_text="Optional: completion webhooks of requests uploaded without their own webhook URL go here.",
+        widget=forms.URLInput(attrs={"size": 60}),
+    )
+
+
+class ApiClientChangeForm(ApiClientFormBase):
+    default_webhook_url = forms.URLField(
+        required=False,
+        max_length=2048,
+        assume_scheme="https",
+        label="Default webhook URL",
+        help_text="Completion webhooks of requests uploaded without their own webhook URL go here.",
+        widget=forms.URLInput(attrs={"size": 60}),
+    )
+    re_enable_webhooks = forms.BooleanField(
+        required=False, label="Re-enable webhooks", help_text="The receiver is back: deliver webhooks again."
+    )
+
+    class Meta:
+        model = ApiClient
+        fields = ("default_webhook_url",)
