@@ -3,7 +3,7 @@
 settings/base.py merges what `mongo_settings()` returns. Everything else stays one codebase:
 our own apps keep their shared migrations (UUID primary keys, no AutoField); only the
 contrib apps and django-q2 get MongoDB AppConfigs and migrations (settings/mongo_apps.py,
-mongo_migrations/). The facts behind each choice are in notes/mongodb.md.
+mongo_migrations/). The facts behind each choice are in docs/mongodb.md.
 
 django-q2 uses the Redis broker here, so REDIS_URL is required:
 - its ORM broker would hand one task to several workers: it locks with

@@ -3,7 +3,7 @@ that MongoDB cannot live with.
 
 Django's contrib apps and django-q2 hard-code `default_auto_field = AutoField` in their
 AppConfigs. MongoDB has no integer sequences: their models need ObjectIdAutoField, which
-only an AppConfig subclass can give them (notes/mongodb.md). Their migrations then differ
+only an AppConfig subclass can give them (docs/mongodb.md). Their migrations then differ
 from the SQL ones and live in mongo_migrations/ (MIGRATION_MODULES). Our own apps need
 none of this: UUID primary keys, no AutoField anywhere.
 """

@@ -3,7 +3,7 @@
 Both run as children in their own sessions, so that Ctrl-C reaches only this process.
 It then asks each child to stop the graceful way: SIGTERM to qcluster's main process
 only (its workers finish their tasks first; a signal to the whole process group would
-kill them mid-task, notes/django-q2.md) and SIGTERM to gunicorn, and waits for both.
+kill them mid-task, docs/django-q2.md) and SIGTERM to gunicorn, and waits for both.
 """
 
 from __future__ import annotations
