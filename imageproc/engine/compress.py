@@ -1,7 +1,9 @@
-"""Re-encode untrusted images as smaller JPEG or WebP files.
+"""Re-encode untrusted images as smaller files: JPEG, WebP or AVIF, or keep something better.
 
 No Django imports: callers pass a CompressOptions built from settings or the request.
 Call configure_pillow() once in every worker process before the first compress().
+The parts live in imageproc.engine.imaging: signatures (what is accepted, shared with the
+download), metadata, encoders, quality (quality="auto").
 """
 
 from __future__ import annotations
@@ -9,39 +11,110 @@ from __future__ import annotations
 import functools
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Final, cast
 
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+import pillow_heif
+from PIL import AvifImagePlugin, Image, ImageCms, ImageFile, UnidentifiedImageError
 
-ALLOWED_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp")
+from imageproc.engine.imaging import encoders, metadata
+from imageproc.engine.imaging import quality as auto_quality
+from imageproc.engine.imaging.encoders import FORMATS, JPEG_ENCODERS, Format
+from imageproc.engine.imaging.metadata import NO_RIGHTS, OutputMetadata, Rights
+from imageproc.engine.imaging.signatures import refused_format, sniff_format, sniff_pillow_format
+
+__all__ = [
+    "ALLOWED_INPUT_FORMATS",
+    "CANDIDATES",
+    "DEFAULT_JPEG_ENCODER",
+    "OUTPUT_FORMATS",
+    "QUALITY_LEVELS",
+    "CompressOptions",
+    "CompressResult",
+    "ImageRejected",
+    "compress",
+    "configure_pillow",
+    "sniff_format",
+]
+
+# AVIF before HEIF: Image.open tries them in this order, and both read `ftyp` files.
+ALLOWED_INPUT_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
+OUTPUT_FORMATS: tuple[str, ...] = ("jpeg", "webp", "avif", "auto")
+QUALITY_LEVELS: tuple[str, ...] = ("auto", "auto:high", "auto:good", "auto:eco")
+# What a result can be: the lossy re-encoding; the input's own encoding (metadata removed);
+# a lossless encoding of the pixels; the lossy re-encoding at the highest quality that is
+# smaller than the input (only when nothing else is).
+CANDIDATES: tuple[str, ...] = ("reencoded", "original", "lossless_png", "lossless_webp", "reencoded_to_fit")
+DEFAULT_JPEG_ENCODER: Final = "turbo"
+# What Image.open may try: MPO has no opener of its own (the JPEG one returns it).
+_OPEN_FORMATS: Final = tuple(f for f in ALLOWED_INPUT_FORMATS if f != "MPO")
+_WEB_ORIGINALS: Final = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF"})
+_AUTO_FORMATS: Final = ("jpeg", "webp", "avif")
+# A share of pixels equal to their neighbour above this marks a graphic (logo, chart, line art).
+_FLAT_GRAPHIC: Final = 0.5
+
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
 
 
 @dataclass(frozen=True)
 class CompressOptions:
-    """How to re-encode an image. Invalid values raise ValueError at construction."""
+    """How to re-encode an image. Invalid values raise ValueError at construction.
 
-    quality: int = 50  # 1..95
-    output_format: str = "jpeg"  # "jpeg" | "webp"
+    quality: 1..95, or "auto" / "auto:high" / "auto:good" (= "auto") / "auto:eco": per
+        image, the lowest quality whose perceptual score (SSIMULACRA2 scale) meets the
+        level's target (imaging.quality.LEVELS). None: 50, or "auto" for output_format="auto".
+    output_format: "jpeg", "webp", "avif", or "auto": the smallest of the three at the
+        quality target (needs an automatic quality).
+    keep_copyright: EXIF Artist and Copyright and the XMP rights properties go into the output.
+    jpeg_encoder: "jpegli" or "turbo" (libjpeg-turbo through Pillow).
+    avif_speed: libaom's speed, 0 (slowest, smallest) .. 10.
+    """
+
+    quality: int | str | None = None
+    output_format: str = "jpeg"
     max_pixels: int = 50_000_000
     optimize: bool = False
     progressive: bool = False
+    keep_copyright: bool = True
+    jpeg_encoder: str = DEFAULT_JPEG_ENCODER
+    avif_speed: int = encoders.AVIF_SPEED
 
     def __post_init__(self) -> None:
         # bool is an int subclass: quality=True is a caller bug, not quality 1.
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int):
-            raise ValueError(f"quality must be an int, got {self.quality!r}")
-        if not 1 <= self.quality <= 95:
-            raise ValueError(f"quality must be between 1 and 95, got {self.quality}")
+        q = self.quality
+        if isinstance(q, str):
+            if q not in QUALITY_LEVELS:
+                raise ValueError(f"quality must be 1..95 or one of {QUALITY_LEVELS}, got {q!r}")
+        elif q is not None:
+            if isinstance(q, bool) or not isinstance(q, int):
+                raise ValueError(f"quality must be an int or one of {QUALITY_LEVELS}, got {q!r}")
+            if not 1 <= q <= 95:
+                raise ValueError(f"quality must be between 1 and 95, got {q}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
+        if self.output_format == "auto" and isinstance(q, int):
+            raise ValueError("output_format 'auto' needs an automatic quality (None or 'auto...'), got a number")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int):
             raise ValueError(f"max_pixels must be an int, got {self.max_pixels!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.jpeg_encoder not in JPEG_ENCODERS:
+            raise ValueError(f"jpeg_encoder must be one of {JPEG_ENCODERS}, got {self.jpeg_encoder!r}")
+        if isinstance(self.avif_speed, bool) or not isinstance(self.avif_speed, int) or not 0 <= self.avif_speed <= 10:
+            raise ValueError(f"avif_speed must be an int 0..10, got {self.avif_speed!r}")
+        if not isinstance(self.keep_copyright, bool):
+            raise ValueError(f"keep_copyright must be a bool, got {self.keep_copyright!r}")
+
+    @property
+    def effective_quality(self) -> int | str:
+        """The quality asked for: a number, or a level name ("auto:good" for "auto")."""
+        if self.quality is None:
+            return "auto:good" if self.output_format == "auto" else 50
+        if isinstance(self.quality, str):
+            return auto_quality.LEVELS_ALIAS.get(self.quality, self.quality)
+        return self.quality
 
 
 @dataclass(frozen=True)
@@ -49,13 +122,24 @@ class CompressResult:
     """The encoded image and what callers need to store and serve it."""
 
     data: bytes
-    output_format: str  # "jpeg" | "webp"
-    content_type: str  # "image/jpeg" | "image/webp"
-    extension: str  # "jpg" | "webp"
+    output_format: str  # "jpeg" | "webp" | "avif", or "png" | "gif" for a kept or lossless graphic
+    content_type: str  # "image/jpeg" | "image/webp" | "image/avif" | "image/png" | "image/gif"
+    extension: str  # "jpg" | "webp" | "avif" | "png" | "gif"
     width: int  # as displayed, i.e. after EXIF orientation
     height: int
-    input_format: str  # Pillow's format name of the input, e.g. "JPEG", "PNG"
-    kept_original: bool  # the input's own encoding was returned (see compress())
+    input_format: str  # Pillow's format name of the input, e.g. "JPEG", "PNG", "MPO", "HEIF"
+    kept_original: bool  # the input's own encoding was returned (candidate == "original")
+    candidate: str = "reencoded"  # one of CANDIDATES
+    quality_chosen: int | None = None  # the encoder quality used (None for lossless/original)
+    score: float | None = None  # quality="auto": the predicted SSIMULACRA2 reached
+    encoder: str = ""  # "jpegli" | "turbo" | "libwebp" | "libaom" | "zlib" | "" (original)
+    input_bytes: int = 0
+
+    @property
+    def larger_than_input(self) -> bool:
+        """True only when no candidate was smaller than the input: bilevel line art whose
+        CCITT G4 TIFF is smaller than any web format's lossless coding of it."""
+        return len(self.data) > self.input_bytes
 
 
 class ImageRejected(Exception):
@@ -75,19 +159,6 @@ class ImageRejected(Exception):
         return (type(self), (self.code, self.message))
 
 
-@dataclass(frozen=True)
-class _Output:
-    pillow_format: str
-    content_type: str
-    extension: str
-    max_side: int  # the encoder's own limit; Pillow would fail only after decoding
-
-
-_OUTPUTS: Final[dict[str, _Output]] = {
-    "jpeg": _Output("JPEG", "image/jpeg", "jpg", 65_500),
-    "webp": _Output("WEBP", "image/webp", "webp", 16_383),
-}
-
 # Pillow plugins report corrupt input through many exception types, not only OSError.
 # The try blocks using this tuple wrap Pillow calls only, so our own bugs still surface.
 _DECODE_ERRORS: Final = (
@@ -98,6 +169,7 @@ _DECODE_ERRORS: Final = (
     IndexError,
     KeyError,
     TypeError,
+    RuntimeError,  # pillow-heif and the AVIF plugin
     struct.error,
     ZeroDivisionError,
     OverflowError,
@@ -112,7 +184,6 @@ _MAX_JPEG_SCANS: Final = 100
 # JPEG writer would split them over hundreds of APP2 markers.
 _MAX_ICC_BYTES: Final = 1 << 20
 
-_ORIENTATION_TAG: Final = 0x0112
 _TRANSPOSE_FOR_ORIENTATION: Final[dict[int, Image.Transpose]] = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -122,34 +193,6 @@ _TRANSPOSE_FOR_ORIENTATION: Final[dict[int, Image.Transpose]] = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-# Only consulted after Pillow, limited to ALLOWED_INPUT_FORMATS, failed to identify the
-# data: a signature tells "a format we refuse" (or "a broken file of a format we take")
-# apart from "not an image at all" without letting any other Pillow plugin parse it.
-_REFUSED_SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"%PDF-", "PDF"),
-    (b"%!PS", "PostScript/EPS"),
-    (b"\xc5\xd0\xd3\xc6", "EPS"),
-    (b"8BPS", "PSD"),
-    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
-    (b"\xff\x4f\xff\x51", "JPEG 2000"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "CUR"),
-    (b"icns", "ICNS"),
-    (b"qoif", "QOI"),
-    (b"DDS ", "DDS"),
-)
-_ACCEPTED_SIGNATURES: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"II+\x00", "TIFF"),
-    (b"MM\x00+", "TIFF"),
-    (b"BM", "BMP"),
-)
 
 
 def configure_pillow(max_pixels: int | None = None) -> None:
@@ -173,68 +216,288 @@ def configure_pillow(max_pixels: int | None = None) -> None:
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    # One coding thread per worker process: the workers are one process per core.
+    AvifImagePlugin.DEFAULT_MAX_THREADS = 1
+    pillow_heif.options.DECODE_THREADS = 1
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled; truncated images would be accepted")
 
 
+@dataclass
+class _Source:
+    """The decoded input, normalised: L, LA, RGB or RGBA pixels as stored."""
+
+    data: bytes
+    input_format: str
+    pixels: Image.Image
+    icc: bytes | None
+    orientation: int
+    rights: Rights
+    frames: int
+    has_metadata: bool  # EXIF or XMP in the input
+
+    @functools.cached_property
+    def upright(self) -> Image.Image:
+        if self.orientation == 1:
+            return self.pixels
+        return self.pixels.transpose(_TRANSPOSE_FOR_ORIENTATION[self.orientation])
+
+    @functools.cached_property
+    def flattened(self) -> Image.Image:
+        """For JPEG: transparency onto white, as stored (the orientation goes in EXIF)."""
+        im = self.pixels
+        return _flatten_on_white(im) if im.mode in ("LA", "RGBA") else im
+
+    @functools.cached_property
+    def upright_rgb(self) -> Image.Image:
+        """For WebP and AVIF: RGB(A), upright (viewers disagree on their EXIF orientation)."""
+        im = self.upright
+        if im.mode in ("L", "LA"):
+            im = im.convert("RGBA" if im.mode == "LA" else "RGB")
+        return im
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        width, height = self.pixels.size
+        return (height, width) if self.orientation in (5, 6, 7, 8) else (width, height)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    name: str
+    data: bytes
+    fmt: Format
+    quality: int | None = None
+    score: float | None = None
+    encoder: str = ""
+
+
 def compress(data: bytes, options: CompressOptions | None = None) -> CompressResult:
-    """Re-encode `data` (an untrusted image) as JPEG or WebP and return the result.
+    """Re-encode `data` (an untrusted image) and return the smallest good result.
 
     - Only ALLOWED_INPUT_FORMATS are parsed at all; the pixel limit is checked from the
-      header before any pixel data is decoded.
+      header before any pixel data is decoded. MPO gives its first picture (a JPEG);
+      AVIF and HEIC/HEIF are decoded like the others, upright, in their colours.
     - Animated inputs give their first frame; the size is never reduced.
-    - EXIF orientation is honoured: JPEG output carries an EXIF block holding only the
-      orientation tag (no pixel work); WebP output is transposed upright and carries no
-      EXIF, because viewers disagree on whether WebP EXIF orientation applies.
-      All other metadata (GPS, camera data, XMP, comments) is dropped.
+    - EXIF orientation is honoured: JPEG output carries it in EXIF (no pixel work); WebP,
+      AVIF and PNG output is transposed upright and carries no orientation.
+    - Metadata: by default only the copyright notice survives (EXIF Artist and Copyright,
+      the XMP rights properties); keep_copyright=False drops it too. GPS, camera data,
+      comments and all other XMP are always dropped.
     - An embedded ICC profile is kept when it matches the output's colour space;
       CMYK (and LAB) is converted to sRGB, through its profile when it has one.
-    - Transparency is flattened onto white for JPEG and kept for WebP.
-    - When the output format is the input's format and re-encoding does not make the
-      file smaller, the input's own encoding is returned (kept_original=True), so the
-      result is never larger than the input. Metadata is still removed from it without
-      re-encoding; when there is none to remove the bytes are returned unchanged.
+    - Transparency is flattened onto white for JPEG and kept for WebP, AVIF and PNG.
+    - Never larger than the input: besides the re-encoding, the input's own encoding
+      (for JPEG, PNG, GIF, WebP; metadata removed without re-encoding) and, for graphics
+      or when nothing else is smaller, a lossless encoding (palette PNG for JPEG output,
+      lossless WebP otherwise) are candidates; the smallest wins, ties going to the
+      original, then to lossless. CompressResult.candidate says which won.
 
     Raises ImageRejected for any problem with the input; ValueError only for a bad
     CompressOptions.
     """
     opts = options if options is not None else CompressOptions()
-    out = _OUTPUTS[opts.output_format]
+    wanted = list(_AUTO_FORMATS) if opts.output_format == "auto" else [opts.output_format]
     with _open(data) as im:
-        input_format = _check_header(im, data, opts, out)
-        orientation = _decode(im)
-        pixels, icc = _prepare_pixels(im, opts.output_format)
-        if opts.output_format == "webp" and orientation != 1:
-            pixels = pixels.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
-        encoded = _encode(pixels, opts, icc, orientation)
+        input_format = _check_header(im, data, opts, wanted)
+        orientation, exif = _decode(im)
+        rights = metadata.read_rights(im, exif) if opts.keep_copyright else NO_RIGHTS
+        pixels, icc = _prepare_pixels(im)
+        frames = getattr(im, "n_frames", 1)
+        has_metadata = bool(im.info.get("exif") or im.info.get("xmp"))
+    source = _Source(
+        data, input_format, pixels, icc, orientation, rights, frames if isinstance(frames, int) else 1, has_metadata
+    )
+    formats = [f for f in wanted if max(source.pixels.size) <= FORMATS[f].max_side]
 
-    width, height = im.size
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
+    candidates = [_lossy(source, opts, formats)]
+    original = _original(source)
+    if original is not None:
+        candidates.append(original)
+    best = min(candidates, key=lambda c: len(c.data))
+    if _is_graphic(source.pixels) or len(best.data) >= len(data):
+        candidates.append(_lossless(source, "png" if opts.output_format == "jpeg" else "webp"))
+    # Ties go to the better picture: the original, then lossless, then the re-encoding.
+    order = {"original": 0, "lossless_png": 1, "lossless_webp": 1, "reencoded": 2}
+    best = min(candidates, key=lambda c: (len(c.data), order[c.name]))
+    if len(best.data) >= len(data) and best.name != "original":
+        # Nothing is smaller yet (bilevel line art whose CCITT G4 TIFF beats every web
+        # format, photographs in AVIF or HEIC): lossless WebP at a higher effort, and the
+        # lossy encoding at the highest quality that fits under the input.
+        last = [best, _lossless(source, "webp", effort=True)]
+        fitted = _reencode_to_fit(source, opts, formats[0] if formats else "jpeg", len(data))
+        if fitted is not None:
+            last.append(fitted)
+        best = min(last, key=lambda c: (len(c.data), order.get(c.name, 3)))
 
-    kept_original = False
-    if input_format == out.pillow_format and len(encoded) >= len(data):
-        kept_original = True
-        if input_format == "JPEG":
-            encoded = _strip_jpeg_metadata(data, orientation)
-        else:
-            encoded = _strip_webp_metadata(data, orientation)
-
+    width, height = source.displayed_size
     return CompressResult(
-        data=encoded,
-        output_format=opts.output_format,
-        content_type=out.content_type,
-        extension=out.extension,
+        data=best.data,
+        output_format=best.fmt.name,
+        content_type=best.fmt.content_type,
+        extension=best.fmt.extension,
         width=width,
         height=height,
         input_format=input_format,
-        kept_original=kept_original,
+        kept_original=best.name == "original",
+        candidate=best.name,
+        quality_chosen=best.quality,
+        score=best.score,
+        encoder=best.encoder,
+        input_bytes=len(data),
     )
+
+
+# --- candidates ------------------------------------------------------------------------------
+
+
+def _meta(source: _Source, fmt: str) -> OutputMetadata:
+    return metadata.output_metadata(source.orientation if fmt == "jpeg" else 1, source.rights)
+
+
+def _pixels_for(source: _Source, fmt: str) -> Image.Image:
+    return source.flattened if fmt == "jpeg" else source.upright_rgb
+
+
+def _encoder_name(fmt: str, opts: CompressOptions, im: Image.Image) -> str:
+    if fmt == "webp":
+        return "libwebp"
+    if fmt == "avif":
+        return "libaom"
+    uses_jpegli = opts.jpeg_encoder == "jpegli" and im.mode == "RGB" and not (opts.optimize or opts.progressive)
+    return "jpegli" if uses_jpegli else "turbo"
+
+
+def _encode_function(
+    fmt: str, opts: CompressOptions, meta: OutputMetadata, icc: bytes | None
+) -> Callable[[Image.Image, int], bytes]:
+    if fmt == "jpeg":
+        return lambda im, q: encoders.encode_jpeg(
+            im,
+            q,
+            encoder=opts.jpeg_encoder,
+            meta=meta,
+            icc=_matching_icc(icc, im.mode),
+            optimize=opts.optimize,
+            progressive=opts.progressive,
+        )
+    if fmt == "webp":
+        return lambda im, q: encoders.encode_webp(im, q, meta=meta, icc=_matching_icc(icc, im.mode))
+    return lambda im, q: encoders.encode_avif(im, q, meta=meta, icc=_matching_icc(icc, im.mode), speed=opts.avif_speed)
+
+
+def _lossy(source: _Source, opts: CompressOptions, formats: list[str]) -> _Candidate:
+    quality = opts.effective_quality
+    if isinstance(quality, int):
+        fmt = formats[0]
+        im = _pixels_for(source, fmt)
+        data = _encode_function(fmt, opts, _meta(source, fmt), source.icc)(im, quality)
+        return _Candidate("reencoded", data, FORMATS[fmt], quality, None, _encoder_name(fmt, opts, im))
+
+    target = auto_quality.target_for(quality)
+    no_meta = OutputMetadata(b"", b"")
+    choices = []
+    for fmt in formats:
+        im = _pixels_for(source, fmt)
+        sample = auto_quality.sample(im)
+        choice = auto_quality.choose_quality(sample, _encode_function(fmt, opts, no_meta, None), fmt, target)
+        estimated = choice.sample_bytes * (im.width * im.height) / (sample.width * sample.height)
+        choices.append((estimated, fmt, choice))
+    _, fmt, choice = min(choices, key=lambda c: c[0])
+    im = _pixels_for(source, fmt)
+    data = _encode_function(fmt, opts, _meta(source, fmt), source.icc)(im, choice.quality)
+    return _Candidate(
+        "reencoded", data, FORMATS[fmt], choice.quality, round(choice.score, 1), _encoder_name(fmt, opts, im)
+    )
+
+
+def _reencode_to_fit(source: _Source, opts: CompressOptions, fmt: str, limit: int) -> _Candidate | None:
+    """The lossy encoding at the highest quality (10..94) smaller than `limit` bytes, if any."""
+    im = _pixels_for(source, fmt)
+    encode = _encode_function(fmt, opts, _meta(source, fmt), source.icc)
+    low, high = 10, 94
+    best: tuple[int, bytes] | None = None
+    while low <= high:
+        quality = (low + high) // 2
+        data = encode(im, quality)
+        if len(data) < limit:
+            best = (quality, data)
+            low = quality + 1
+        else:
+            high = quality - 1
+    if best is None:
+        return None
+    return _Candidate("reencoded_to_fit", best[1], FORMATS[fmt], best[0], None, _encoder_name(fmt, opts, im))
+
+
+def _original(source: _Source) -> _Candidate | None:
+    """The input's own encoding without its metadata, where it is a web format that shows
+    the same picture: JPEG, MPO's first picture, single-frame WebP, PNG and GIF (those two
+    only when no EXIF orientation applies: browsers disagree on it there), and AVIF
+    without metadata."""
+    fmt = source.input_format
+    if fmt not in _WEB_ORIGINALS:
+        return None
+    data = source.data
+    if fmt in ("JPEG", "MPO"):
+        if fmt == "MPO":
+            data = metadata.mpo_first_picture(data)
+        return _Candidate("original", metadata.strip_jpeg(data, _meta(source, "jpeg")), FORMATS["jpeg"])
+    if source.frames != 1:
+        return None
+    if fmt == "AVIF":
+        # Browsers apply AVIF's own rotation; one with metadata (or an EXIF orientation,
+        # which Pillow reports as EXIF) is not kept: its boxes cannot be dropped in place.
+        if source.frames != 1 or source.has_metadata:
+            return None
+        return _Candidate("original", data, FORMATS["avif"])
+    if fmt == "WEBP":
+        meta = metadata.output_metadata(source.orientation, source.rights)
+        has_alpha = source.pixels.mode in ("LA", "RGBA")
+        stripped = metadata.strip_webp(data, meta, source.pixels.size, has_alpha)
+        return _Candidate("original", stripped, FORMATS["webp"])
+    if source.orientation != 1:
+        return None
+    if fmt == "PNG":
+        png = metadata.strip_png(data, metadata.output_metadata(1, source.rights))
+        return _Candidate("original", png, FORMATS["png"]) if png is not None else None
+    gif = metadata.strip_gif(data)
+    return _Candidate("original", gif, FORMATS["gif"]) if gif is not None else None
+
+
+def _is_graphic(im: Image.Image) -> bool:
+    # Greyscale photographs use most of their 256 levels; graphics few colours or flat areas.
+    few = 64 if im.mode in ("L", "LA") else 256
+    return im.getcolors(few) is not None or encoders.flat_fraction(im) >= _FLAT_GRAPHIC
+
+
+def _lossless(source: _Source, fmt: str, *, effort: bool = False) -> _Candidate:
+    im = source.upright
+    meta = _meta(source, fmt)
+    if fmt == "webp" and max(im.size) <= FORMATS["webp"].max_side:
+        icc = _matching_icc(source.icc, "RGB" if im.mode in ("L", "LA") else im.mode)
+        data = encoders.encode_webp_lossless(
+            im, meta=meta, icc=icc if im.mode not in ("L", "LA") else None, effort=effort
+        )
+        return _Candidate("lossless_webp", data, FORMATS["webp"], encoder="libwebp")
+    palette = encoders.palette_image(im)
+    icc = _matching_icc(source.icc, im.mode)
+    if palette is not None and icc is not None and metadata_colour_space(icc) != b"RGB ":
+        icc = None  # a grey profile does not describe RGB palette entries
+    data = encoders.encode_png(im, meta=meta, icc=icc, palette=palette)
+    return _Candidate("lossless_png", data, FORMATS["png"], encoder="zlib")
+
+
+def metadata_colour_space(icc: bytes) -> bytes:
+    return _icc_colour_space(icc)
+
+
+# --- opening and decoding --------------------------------------------------------------------
 
 
 def _open(data: bytes) -> ImageFile.ImageFile:
     try:
-        return Image.open(BytesIO(data), formats=ALLOWED_INPUT_FORMATS)
+        return Image.open(BytesIO(data), formats=_OPEN_FORMATS)
     except UnidentifiedImageError as exc:
         raise _unidentified(data) from exc
     except _BOMB_ERRORS as exc:
@@ -244,24 +507,16 @@ def _open(data: bytes) -> ImageFile.ImageFile:
 
 
 def _unidentified(data: bytes) -> ImageRejected:
-    head = data[:16]
-    for signature, name in _REFUSED_SIGNATURES:
-        if head.startswith(signature):
-            return ImageRejected("unsupported_format", f"{name} images are not accepted")
-    if head[4:8] == b"ftyp":
-        return ImageRejected("unsupported_format", "AVIF/HEIF images are not accepted")
-    if b"<svg" in data[:1024].lower():
-        return ImageRejected("unsupported_format", "SVG images are not accepted")
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return ImageRejected("decode_error", "the WEBP header is corrupt")
-    for signature, name in _ACCEPTED_SIGNATURES:
-        if head.startswith(signature):
-            return ImageRejected("decode_error", f"the {name} header is corrupt")
+    accepted = sniff_pillow_format(data)
+    if accepted is not None:
+        return ImageRejected("decode_error", f"the {accepted} header is corrupt")
+    refused = refused_format(data)
+    if refused is not None:
+        return ImageRejected("unsupported_format", f"{refused} images are not accepted")
     return ImageRejected("not_an_image", "the data is not a recognised image file")
 
 
-def _check_header(im: ImageFile.ImageFile, data: bytes, opts: CompressOptions, out: _Output) -> str:
-    # Image.open(formats=["JPEG"]) hands back MPO for multi-picture JPEGs.
+def _check_header(im: ImageFile.ImageFile, data: bytes, opts: CompressOptions, wanted: list[str]) -> str:
     input_format = im.format or ""
     if input_format not in ALLOWED_INPUT_FORMATS:
         raise ImageRejected("unsupported_format", f"{input_format or 'this'} images are not accepted")
@@ -271,12 +526,14 @@ def _check_header(im: ImageFile.ImageFile, data: bytes, opts: CompressOptions, o
             "too_many_pixels",
             f"the image is {width}x{height} ({width * height} pixels); the limit is {opts.max_pixels} pixels",
         )
-    if max(width, height) > out.max_side:
+    fits = [f for f in wanted if max(width, height) <= FORMATS[f].max_side]
+    if not fits:
+        out = FORMATS[wanted[0]]
         raise ImageRejected(
             "too_many_pixels",
             f"the image is {width}x{height}; {out.pillow_format} allows at most {out.max_side} pixels per side",
         )
-    if input_format == "JPEG":
+    if input_format in ("JPEG", "MPO"):
         _check_jpeg_scans(data)
     return input_format
 
@@ -286,7 +543,12 @@ def _check_jpeg_scans(data: bytes) -> None:
     # bound; the exact marker walk is needed only for files that look suspicious.
     if data.count(b"\xff\xda") <= _MAX_JPEG_SCANS:
         return
-    scans = sum(1 for segment in _jpeg_segments(data) if segment[0] == 0xDA)
+    scans = 0
+    for segment in metadata.jpeg_segments(data):
+        if segment[0] == 0xDA:
+            scans += 1
+        elif segment[0] == 0xD9:
+            break  # an MPO's next picture starts after the first one's EOI
     if scans > _MAX_JPEG_SCANS:
         raise ImageRejected(
             "decode_error",
@@ -294,8 +556,8 @@ def _check_jpeg_scans(data: bytes) -> None:
         )
 
 
-def _decode(im: ImageFile.ImageFile) -> int:
-    """Decode the pixels (first frame) and return the EXIF orientation (1..8)."""
+def _decode(im: ImageFile.ImageFile) -> tuple[int, Image.Exif | None]:
+    """Decode the pixels (first frame); return the EXIF orientation (1..8) and the EXIF."""
     try:
         im.load()
     except _BOMB_ERRORS as exc:
@@ -303,18 +565,18 @@ def _decode(im: ImageFile.ImageFile) -> int:
     except _DECODE_ERRORS as exc:
         raise ImageRejected("decode_error", f"the image data is corrupt: {exc}") from exc
     try:
-        orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+        exif = im.getexif()
+        orientation = exif.get(metadata.ORIENTATION_TAG, 1)
     except _DECODE_ERRORS:
         # Broken EXIF is common and harmless to the pixels: treat it as absent.
-        return 1
-    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+        return 1, None
+    return (orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1), exif
 
 
-def _prepare_pixels(im: Image.Image, output_format: str) -> tuple[Image.Image, bytes | None]:
-    """Return pixels in a mode the encoder takes (L/RGB for JPEG, RGB/RGBA for WebP)
-    and the ICC profile to embed, if any."""
+def _prepare_pixels(im: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """Return the pixels as L, LA, RGB or RGBA and the embedded ICC profile, if any."""
     raw_icc = im.info.get("icc_profile")
-    icc = raw_icc if isinstance(raw_icc, bytes) and raw_icc else None
+    icc = raw_icc if isinstance(raw_icc, bytes) and raw_icc and len(raw_icc) <= _MAX_ICC_BYTES else None
     mode = im.mode
 
     if mode == "CMYK":
@@ -341,15 +603,7 @@ def _prepare_pixels(im: Image.Image, output_format: str) -> tuple[Image.Image, b
         im = im.convert("LA" if mode == "L" else "RGBA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageRejected("unsupported_format", f"colour mode {mode} is not supported")
-
-    if output_format == "jpeg":
-        if im.mode in ("LA", "RGBA"):
-            im = _flatten_on_white(im)
-    elif im.mode in ("L", "LA"):
-        # libwebp takes only RGB(A).
-        im = im.convert("RGBA" if im.mode == "LA" else "RGB")
-
-    return im, _matching_icc(icc, im.mode)
+    return im, icc
 
 
 def _cmyk_to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
@@ -400,170 +654,7 @@ def _icc_colour_space(icc: bytes) -> bytes:
 def _matching_icc(icc: bytes | None, mode: str) -> bytes | None:
     # A profile for another colour space (a CMYK or grey profile on RGB pixels) would
     # make viewers misinterpret the pixels, which is worse than no profile at all.
-    if icc is None or len(icc) > _MAX_ICC_BYTES:
+    if icc is None:
         return None
-    wanted = b"GRAY" if mode == "L" else b"RGB "
+    wanted = b"GRAY" if mode in ("L", "LA") else b"RGB "
     return icc if _icc_colour_space(icc) == wanted else None
-
-
-def _orientation_exif(orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[_ORIENTATION_TAG] = orientation
-    return exif.tobytes()  # b"Exif\0\0" + TIFF structure, as JPEG APP1 wants it
-
-
-def _encode(im: Image.Image, opts: CompressOptions, icc: bytes | None, orientation: int) -> bytes:
-    buf = BytesIO()
-    if opts.output_format == "jpeg":
-        im.save(
-            buf,
-            "JPEG",
-            quality=opts.quality,
-            optimize=opts.optimize,
-            progressive=opts.progressive,
-            subsampling=2,  # 4:2:0: ~20% smaller than 4:4:4 and faster
-            exif=_orientation_exif(orientation) if orientation != 1 else b"",
-            icc_profile=icc,
-            comment=b"",  # otherwise Pillow copies the input's COM segment
-        )
-    else:
-        im.save(
-            buf,
-            "WEBP",
-            quality=opts.quality,
-            method=4,
-            icc_profile=icc or b"",
-            exif=b"",
-            xmp=b"",
-        )
-    return buf.getvalue()
-
-
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (marker, start, payload_start, end) for each JPEG marker.
-
-    Entropy-coded data between markers is skipped. Stops after EOI, or silently at the
-    first inconsistency (callers keep whatever follows the last segment as it is).
-    """
-    size = len(data)
-    if not data.startswith(b"\xff\xd8"):
-        return
-    yield 0xD8, 0, 2, 2
-    pos = 2
-    in_scan = False
-    while pos < size:
-        if in_scan:
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= size:
-                return
-            follower = data[pos + 1]
-            if follower == 0x00 or 0xD0 <= follower <= 0xD7:  # byte stuffing, RSTn
-                pos += 2
-                continue
-            in_scan = False
-        if data[pos] != 0xFF:
-            return
-        start = pos
-        while pos < size and data[pos] == 0xFF:  # fill bytes may precede a marker
-            pos += 1
-        if pos >= size:
-            return
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:
-            yield marker, start, pos, pos
-            return
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            yield marker, start, pos, pos
-            continue
-        if pos + 2 > size:
-            return
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        end = pos + length
-        if length < 2 or end > size:
-            return
-        yield marker, start, pos + 2, end
-        pos = end
-        in_scan = marker == 0xDA
-
-
-def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
-    # Keep what decoding and colour management need; every other APPn and COM segment
-    # is metadata (EXIF with GPS and thumbnails, XMP, IPTC, maker notes, comments).
-    if marker == 0xE0:
-        return payload.startswith(b"JFIF\x00") and len(payload) == 14  # no thumbnail
-    if marker == 0xE2:
-        return payload.startswith(b"ICC_PROFILE\x00")
-    if marker == 0xEE:
-        return payload.startswith(b"Adobe")  # says whether the data is YCC/CMYK/YCCK
-    return not (0xE1 <= marker <= 0xEF or marker == 0xFE)
-
-
-def _strip_jpeg_metadata(data: bytes, orientation: int) -> bytes:
-    """Drop metadata segments and bytes after EOI without touching the compressed image;
-    add an orientation-only EXIF block where needed. Returns `data` itself if nothing
-    had to change."""
-    pieces: list[bytes] = []
-    copied_to = 0
-    exif_pending = orientation != 1
-    changed = False
-    saw_eoi = False
-    for marker, start, payload_start, end in _jpeg_segments(data):
-        if exif_pending and marker not in (0xD8, 0xE0):
-            # JFIF requires its APP0 right after SOI, so EXIF goes after it.
-            app1 = _orientation_exif(orientation)
-            pieces += [data[copied_to:start], b"\xff\xe1", (len(app1) + 2).to_bytes(2, "big"), app1]
-            copied_to = start
-            exif_pending = False
-            changed = True
-        if not _keep_jpeg_segment(marker, data[payload_start:end]):
-            pieces.append(data[copied_to:start])
-            copied_to = end
-            changed = True
-        if marker == 0xD9:
-            saw_eoi = True
-            pieces.append(data[copied_to:end])
-            changed = changed or end != len(data)
-            copied_to = len(data)
-    if not saw_eoi:
-        pieces.append(data[copied_to:])
-    return b"".join(pieces) if changed else data
-
-
-_WEBP_IMAGE_CHUNKS: Final = frozenset({b"VP8X", b"VP8 ", b"VP8L", b"ALPH", b"ANIM", b"ANMF", b"ICCP"})
-
-
-def _strip_webp_metadata(data: bytes, orientation: int) -> bytes:
-    """Drop EXIF, XMP and unknown chunks from a WebP file without re-encoding; add an
-    orientation-only EXIF chunk where needed. Returns `data` itself if nothing changed."""
-    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        return data
-    riff_end = min(len(data), 8 + int.from_bytes(data[4:8], "little"))
-    chunks: list[bytes] = []
-    changed = riff_end != len(data)
-    pos = 12
-    while pos + 8 <= riff_end:
-        fourcc = data[pos : pos + 4]
-        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        end = min(riff_end, pos + 8 + length + (length & 1))
-        if fourcc in _WEBP_IMAGE_CHUNKS:
-            chunks.append(data[pos:end])
-        else:
-            changed = True
-        pos = end
-    if pos < riff_end:
-        chunks.append(data[pos:riff_end])
-    # Only the extended format (VP8X) can carry metadata, and it must come first.
-    if not chunks or not chunks[0].startswith(b"VP8X") or len(chunks[0]) < 9:
-        return data
-    flags = chunks[0][8] & ~0x0C  # clear the EXIF (0x08) and XMP (0x04) flags
-    if orientation != 1:
-        tiff = _orientation_exif(orientation)[6:]  # WebP's EXIF chunk has no "Exif\0\0"
-        chunks.append(b"EXIF" + len(tiff).to_bytes(4, "little") + tiff + b"\x00" * (len(tiff) & 1))
-        flags |= 0x08
-        changed = True
-    if not changed and flags == chunks[0][8]:
-        return data
-    chunks[0] = chunks[0][:8] + bytes([flags]) + chunks[0][9:]
-    body = b"WEBP" + b"".join(chunks)
-    return b"RIFF" + len(body).to_bytes(4, "little") + body
