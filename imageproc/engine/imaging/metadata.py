@@ -83,13 +83,23 @@ def _clean(value: Any) -> str | None:
     return value[:_MAX_TEXT] or None
 
 
+def _exif_text(value: Any) -> Any:
+    # Pillow reads EXIF ASCII as Latin-1; writers put UTF-8 there ("(c)" as C2 A9).
+    if isinstance(value, str):
+        try:
+            return value.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return value
+    return value
+
+
 def read_rights(im: Image.Image, exif: Image.Exif | None) -> Rights:
     """The copyright metadata of a decoded image: EXIF Artist and Copyright, and the XMP
     rights properties. Broken metadata counts as absent."""
     artist = copyright_ = None
     if exif is not None:
-        artist = _clean(exif.get(ARTIST_TAG))
-        copyright_ = _clean(exif.get(COPYRIGHT_TAG))
+        artist = _clean(_exif_text(exif.get(ARTIST_TAG)))
+        copyright_ = _clean(_exif_text(exif.get(COPYRIGHT_TAG)))
     return Rights(artist, copyright_, _xmp_rights(_raw_xmp(im)))
 
 
