@@ -81,9 +81,3 @@ class ProductImage(models.Model):
 
     def __str__(self) -> str:
         return self.source_url
-
-    @property
-    def saving(self) -> float | None:
-        if not self.bytes_in or self.bytes_out is None:
-            return None
-        return 1 - self.bytes_out / self.bytes_in

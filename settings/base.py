@@ -275,7 +275,7 @@ else:
 
 # --- API ----------------------------------------------------------------------------------
 
-# Uploads per API key (requests_app.api.views.UploadThrottle), e.g. "60/min", "1000/hour"; empty = off.
+# Uploads per API key (requests_app.api.throttling.UploadThrottle), e.g. "60/min", "1000/hour"; empty = off.
 UPLOAD_THROTTLE_RATE = env.str("UPLOAD_THROTTLE_RATE", default="60/min").strip()
 if UPLOAD_THROTTLE_RATE and not re.fullmatch(r"[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)", UPLOAD_THROTTLE_RATE):
     raise ImproperlyConfigured(f"UPLOAD_THROTTLE_RATE must look like 60/min or 1000/hour, got {UPLOAD_THROTTLE_RATE!r}")
@@ -291,7 +291,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "requests_app.api.views.exception_handler",
+    "EXCEPTION_HANDLER": "requests_app.api.errors.exception_handler",
     "DEFAULT_THROTTLE_RATES": {"uploads": UPLOAD_THROTTLE_RATE or None},
 }
 
@@ -305,7 +305,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # The client API only: the admin's staff views (session, staff only) are not part of it.
-    "PREPROCESSING_HOOKS": ["requests_app.api.views.schema_client_endpoints"],
+    "PREPROCESSING_HOOKS": ["requests_app.api.schema.schema_client_endpoints"],
 }
 
 # --- The service --------------------------------------------------------------------------

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
+from django.test import Client
 from rest_framework.test import APIClient
 
 from products.models import ImageStatus, Product, ProductImage
@@ -142,20 +147,45 @@ def test_too_large_is_413(api: APIClient, settings: Any) -> None:
     [
         ({"quality": "0"}, "quality"),
         ({"quality": "96"}, "quality"),
+        ({"quality": "abc"}, "quality"),
         ({"output_format": "gif"}, "output_format"),
         ({"webhook_url": "file:///etc/passwd"}, "webhook_url"),
+        ({"webhook_url": "https://10.0.0.1/hook"}, "webhook_url"),
     ],
 )
 def test_bad_options_are_400(api: APIClient, data: dict[str, str], field: str) -> None:
     response = upload(api, csv_bytes([("1", "A", ["http://x.example/a.jpg"])]), data=data)
     assert response.status_code == 400
-    assert field in response.json()
+    body = response.json()
+    assert field in body
+    assert list(body) == [field]
+    assert body[field] and all(isinstance(message, str) and message for message in body[field])
+    assert ProcessingRequest.objects.count() == 0
 
 
-def test_missing_file_is_400(api: APIClient) -> None:
-    response = api.post("/csv/upload", {}, format="multipart")
+def test_missing_file_is_400_invalid_csv_naming_the_file_field(api: APIClient) -> None:
+    response = api.post("/csv/upload", {"quality": "70"}, format="multipart")
     assert response.status_code == 400
-    assert "file" in response.json()
+    assert response.json() == {
+        "error": "invalid_csv",
+        "detail": "No file was submitted.",
+        "errors": [{"row": None, "column": "file", "message": "No file was submitted."}],
+        "errors_total": 1,
+    }
+    assert ProcessingRequest.objects.count() == 0
+
+
+def test_empty_file_is_400_invalid_csv_like_any_bad_csv(api: APIClient) -> None:
+    response = upload(api, b"")
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid_csv"
+    assert body["errors_total"] == 1
+    [error] = body["errors"]
+    assert (error["row"], error["column"]) == (None, None)
+    assert error["message"].startswith("The file is empty")
+    assert body["detail"] == error["message"]
+    assert ProcessingRequest.objects.count() == 0
 
 
 def test_options_reach_the_images(api: APIClient, image_server: ImageServer) -> None:
@@ -252,3 +282,127 @@ def test_schema_and_docs_are_served(api: APIClient) -> None:
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
     assert b"cdn" not in docs.content.lower()
+
+
+# --- The answers are the documented ones -------------------------------------------------------
+
+
+def _json_schema(node: Any) -> Any:
+    """An OpenAPI 3.0 schema as strict JSON Schema: `nullable` becomes a null alternative, and
+    an object with documented properties refuses any other key (spectacular leaves that
+    open), so an answer with a key the schema lacks fails, as one without a required key."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _json_schema(value) for key, value in node.items()}
+    if "properties" in node:
+        node.setdefault("additionalProperties", False)
+    if node.pop("nullable", False):
+        node = {"anyOf": [node, {"type": "null"}]}
+    return node
+
+
+class Documented:
+    """Checks answers against the response schemas of /api/schema/."""
+
+    def __init__(self, api: APIClient) -> None:
+        response = api.get("/api/schema/", {"format": "json"})
+        assert response.status_code == 200
+        self.schema = response.json()
+        self.checked: set[tuple[str, str, int]] = set()
+
+    def operation(self, method: str, path: str) -> tuple[str, dict[str, Any]]:
+        for template, operations in self.schema["paths"].items():
+            pattern = re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template.rstrip("/")))
+            if re.fullmatch(pattern + "/?", path) and method in operations:
+                return template, operations[method]
+        raise AssertionError(f"{method.upper()} {path} is not documented")
+
+    def check(self, response: Any) -> Any:
+        """Validate one answer against the schema of its operation and status code."""
+        method = response.request["REQUEST_METHOD"].lower()
+        template, operation = self.operation(method, urlsplit(response.request["PATH_INFO"]).path)
+        code = str(response.status_code)
+        assert code in operation["responses"], f"{method.upper()} {template} does not document {code}"
+        schema = operation["responses"][code]["content"]["application/json"]["schema"]
+        root = _json_schema({**schema, "components": self.schema["components"]})
+        validator = jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker())
+        body = response.json()
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+        assert not errors, f"{method.upper()} {template} {code}: {errors}"
+        self.checked.add((method, template, response.status_code))
+        return body
+
+
+def test_the_strict_schema_refuses_a_key_it_does_not_document() -> None:
+    schema = _json_schema({"type": "object", "properties": {"a": {"type": "integer", "nullable": True}}})
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid({"a": None}) and validator.is_valid({"a": 1})
+    assert not validator.is_valid({"a": 1, "b": 2})
+    assert not validator.is_valid({"a": "1"})
+
+
+def test_real_answers_match_the_openapi_schema(api: APIClient, image_server: ImageServer, settings: Any) -> None:
+    documented = Documented(api)
+    good = image_server.add("/doc.jpg", make_image(64, 48))
+    rows = [(str(n), f"P{n}", [good]) for n in range(1, 102)] + [
+        ("102", "Broken", [good, image_server.base_url + "/x"])
+    ]
+
+    created = documented.check(upload(api, csv_bytes(rows), HTTP_IDEMPOTENCY_KEY="doc-1"))
+    again = upload(api, csv_bytes(rows), HTTP_IDEMPOTENCY_KEY="doc-1")
+    assert again.status_code == 200
+    assert documented.check(again)["request_id"] == created["request_id"]
+    request_id = created["request_id"]
+
+    first = documented.check(api.get(f"/csv/status/{request_id}"))
+    second = documented.check(api.get(first["next"]))
+    assert second["products"][-1]["errors"][0]["code"] == "http_404"
+    assert second["products"][-1]["output_image_urls"][1] is None
+    assert second["previous"].endswith("?page=1")
+    assert first["started_at"] and first["completed_at"]
+    documented.check(api.get("/csv/requests"))
+    retried = api.post(f"/csv/requests/{request_id}/retry")
+    assert documented.check(retried)["images_requeued"] == 1
+
+    # The refusals are documented too.
+    documented.check(api.get("/csv/status/00000000-0000-0000-0000-000000000000"))
+    documented.check(upload(api, b"S. No.,Product Name,Input Image Urls\n1,,ftp://x/a.jpg\n"))
+    documented.check(upload(api, b""))
+    documented.check(api.post("/csv/upload", {}, format="multipart"))
+    documented.check(upload(api, csv_bytes(rows), data={"quality": "200"}))
+    settings.CSV_MAX_BYTES = 1024
+    documented.check(upload(api, csv_bytes(rows)))
+    ProcessingRequest.objects.filter(pk=request_id).update(status="processing")
+    documented.check(api.post(f"/csv/requests/{request_id}/retry"))
+    documented.check(APIClient().get("/csv/requests"))
+
+    assert {(method, template.rstrip("/"), code) for method, template, code in documented.checked} == {
+        ("post", "/csv/upload", 202),
+        ("post", "/csv/upload", 200),
+        ("post", "/csv/upload", 400),
+        ("post", "/csv/upload", 413),
+        ("get", "/csv/status/{id}", 200),
+        ("get", "/csv/status/{id}", 404),
+        ("get", "/csv/requests", 200),
+        ("get", "/csv/requests", 401),
+        ("post", "/csv/requests/{id}/retry", 202),
+        ("post", "/csv/requests/{id}/retry", 409),
+    }
+
+
+def test_status_page_links_stay_on_the_staff_view_and_keep_the_query(api: APIClient, image_server: ImageServer) -> None:
+    url = image_server.add("/staff.jpg", make_image(20, 20))
+    request_id = upload(api, csv_bytes([(str(i), f"P{i}", [url]) for i in range(1, 202)])).json()["request_id"]
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("staff", "staff@example.com", "pw"))
+    base = f"/admin/requests_app/processingrequest/{request_id}/status/"
+    page = staff.get(base, {"format": "json", "page": "2"}).json()
+    assert urlsplit(page["next"]).path == urlsplit(page["previous"]).path == base
+    assert page["next"].endswith("?format=json&page=3")
+    assert page["previous"].endswith("?format=json&page=1")
+    assert staff.get(page["next"]).json()["next"] is None
+    # The client's own links are the client API's.
+    client_page = api.get(f"/csv/status/{request_id}", {"page": "2"}).json()
+    assert urlsplit(client_page["next"]).path == f"/csv/status/{request_id}"

@@ -548,7 +548,7 @@ def test_no_serializer_of_ours_exposes_contrib_model_ids() -> None:
     MongoDB. None of our serializers may touch one (or declare it as a CharField)."""
     from rest_framework import serializers
 
-    import requests_app.api.views  # noqa: F401  (defines the serializers)
+    import requests_app.api.serializers  # noqa: F401  (defines the serializers)
 
     def subclasses(cls: type) -> Iterator[type]:
         for sub in cls.__subclasses__():

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.response import Response
 
 from requests_app.api.views import ProcessingRequestViewSet
 from requests_app.models import ProcessingRequest
@@ -26,7 +25,9 @@ class CanViewRequests(BasePermission):
 
 class StaffRequestViewSet(ProcessingRequestViewSet):
     """The status JSON and output CSV of any request, for staff. The same code as the client
-    API answers with; only the queryset is not limited to one owner."""
+    API answers with; only the queryset is not limited to one owner. The status answer's page
+    links are built from the current request (ProcessingRequestViewSet.page_url), so they
+    point here, not at the client API (which answers 404 to staff who do not own it)."""
 
     authentication_classes = [SessionAuthentication]
     permission_classes = [CanViewRequests]
@@ -36,14 +37,3 @@ class StaffRequestViewSet(ProcessingRequestViewSet):
 
     def get_throttles(self) -> list[Any]:
         return []
-
-    def status(self, request: Request, pk: str) -> Response:
-        response = super().status(request, pk)
-        # The body's page links point at the client API, which answers 404 to staff who do
-        # not own the request: point them here instead.
-        here = request.build_absolute_uri(request.path)
-        for key in ("next", "previous"):
-            link = response.data.get(key)
-            if link:
-                response.data[key] = f"{here}?page={link.rsplit('page=', 1)[-1]}"
-        return response

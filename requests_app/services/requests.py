@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.conf import settings
@@ -26,29 +26,76 @@ from requests_app.models import (
     ProcessingRequest,
     RequestStatus,
 )
-from requests_app.services.errors import RequestNotFinished, TooManyActiveRequests
+from requests_app.services.errors import InvalidOptions, RequestNotFinished, TooManyActiveRequests
+from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
 
 logger = logging.getLogger(__name__)
 
 
 INGEST_CHUNK = 2000
 
+# The encoders' useful range (imageproc.engine.compress refuses anything else).
+QUALITY_MIN, QUALITY_MAX = 1, 95
+# ProcessingRequest.webhook_url is a 2048-character column.
+WEBHOOK_URL_MAX = 2048
 
 # A request in one of these still holds queue and worker time.
 ACTIVE_STATUSES = (RequestStatus.PENDING, RequestStatus.PROCESSING, RequestStatus.FINALIZING)
 
 
+def _default_quality() -> int:
+    # Read when an option set is made, not at import, so that settings overrides apply.
+    return int(settings.IMAGE_DEFAULT_QUALITY)
+
+
 @dataclass(frozen=True)
 class RequestOptions:
-    quality: int = 50
+    """How the images of a request are processed, and where its completion webhook goes.
+
+    Valid by construction: every rule is checked here, whoever builds it (the API, the
+    admin's form, process_csv), and InvalidOptions names each refused field with its
+    messages. The webhook URL goes through the webhook URL check (the SSRF guard: no private
+    addresses, https); the fetcher applies the address guard again at every send.
+    """
+
+    quality: int = field(default_factory=_default_quality)
     output_format: str = OutputFormat.JPEG
     webhook_url: str = ""
+
+    def __post_init__(self) -> None:
+        errors: dict[str, list[str]] = {}
+        quality: object = self.quality
+        if isinstance(quality, bool) or not isinstance(quality, int) or not QUALITY_MIN <= quality <= QUALITY_MAX:
+            errors["quality"] = [f"Quality must be a whole number from {QUALITY_MIN} to {QUALITY_MAX}."]
+        if self.output_format not in OutputFormat.values:
+            choices = ", ".join(OutputFormat.values)
+            errors["output_format"] = [f"{str(self.output_format)[:20]!r} is not an output format: use {choices}."]
+        url = str(self.webhook_url or "").strip()
+        object.__setattr__(self, "webhook_url", url)  # frozen: the one normalisation
+        if len(url) > WEBHOOK_URL_MAX:
+            errors["webhook_url"] = [f"A webhook URL has at most {WEBHOOK_URL_MAX} characters."]
+        elif url:
+            try:
+                webhook_url_check(url)
+            except WebhookUrlInvalid as exc:
+                errors["webhook_url"] = [str(exc)]
+        if errors:
+            raise InvalidOptions(errors)
 
 
 def csv_limits() -> csv_io.CsvLimits:
     return csv_io.CsvLimits(
         max_bytes=settings.CSV_MAX_BYTES, max_rows=settings.CSV_MAX_ROWS, max_urls_per_row=settings.CSV_MAX_URLS_PER_ROW
     )
+
+
+def _check_size(csv_file: IO[bytes] | bytes) -> None:
+    """Refuse a file over CSV_MAX_BYTES by its known size (an upload's, or bytes') before a
+    byte of it is read. The parser counts the bytes it reads anyway: a stream without a
+    size (stdin) is refused there, at the first byte over the limit."""
+    size = len(csv_file) if isinstance(csv_file, bytes | bytearray | memoryview) else getattr(csv_file, "size", None)
+    if isinstance(size, int) and size > settings.CSV_MAX_BYTES:
+        raise csv_io.CsvTooLarge(settings.CSV_MAX_BYTES)
 
 
 def request_create(
@@ -62,13 +109,18 @@ def request_create(
     """Validate a CSV, store its request, products and images in one short transaction,
     and queue the work once that transaction has committed.
 
+    Every rule of an upload is checked here, for the API, the admin and process_csv alike:
+    the options (RequestOptions checks itself: quality, format, the webhook URL guard), the
+    size (csv_io.CsvTooLarge over CSV_MAX_BYTES, before anything is read) and the CSV itself
+    (csv_io.CsvInvalid listing its problems; an empty file is one of them).
+
     Returns (request, created). With an idempotency key already used by this owner, the
     original request comes back and nothing is created (even over the cap below). Raises
-    csv_io.CsvInvalid or csv_io.CsvTooLarge for a file that cannot be accepted, and
     TooManyActiveRequests when the owner already has MAX_ACTIVE_REQUESTS_PER_CLIENT requests
-    in progress; nothing is stored then.
+    in progress. Nothing is stored when it raises.
     """
-    options = options or RequestOptions(quality=settings.IMAGE_DEFAULT_QUALITY)
+    options = options or RequestOptions()
+    _check_size(csv_file)
     if idempotency_key:
         existing = ProcessingRequest.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing:
@@ -180,9 +232,15 @@ def _require_finished(request: ProcessingRequest, action: str) -> None:
         raise RequestNotFinished(f"The request is {request.status}; {action} it once it has finished.")
 
 
-def request_retry_failed(*, request: ProcessingRequest) -> int:
-    """Give the failed images of a finished request a fresh start; return how many."""
+def request_retry_failed(*, request: ProcessingRequest, dry_run: bool = False) -> int:
+    """Give the failed images of a finished request a fresh start; return how many.
+
+    Raises RequestNotFinished while the request runs. With `dry_run`, the same checks, and
+    the count it would re-queue; nothing changes.
+    """
     _require_finished(request, "retry")
+    if dry_run:
+        return ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED).count()
     now = timezone.now()
     with transaction.atomic():
         reset = ProductImage.objects.filter(request_id=request.pk, status=ImageStatus.FAILED).update(
@@ -200,9 +258,15 @@ def request_retry_failed(*, request: ProcessingRequest) -> int:
     return reset
 
 
-def request_reprocess(*, request: ProcessingRequest) -> int:
-    """Process every image of a finished request again, from scratch."""
+def request_reprocess(*, request: ProcessingRequest, dry_run: bool = False) -> int:
+    """Process every image of a finished request again, from scratch; return how many.
+
+    Raises RequestNotFinished while the request runs. With `dry_run`, the same checks, and
+    the count it would re-queue (every image: the request knows its total); nothing changes.
+    """
     _require_finished(request, "reprocess")
+    if dry_run:
+        return request.images_total
     now = timezone.now()
     with transaction.atomic():
         reset = ProductImage.objects.filter(request_id=request.pk).update(

@@ -1,0 +1,240 @@
+"""What the client API reads and what it answers, one serializer each.
+
+Input serializers parse the shape and types of a form; the rules (quality range, formats,
+the webhook URL guard, the CSV's size and contents) belong to the services, which raise
+domain errors (requests_app.api.errors turns them into answers). The ranges are documented
+here from the services' own constants, and checked only there.
+
+Output serializers render every answer: a view passes them an object (a model, or one of
+the small instance-like dataclasses below) and answers `.data`. The OpenAPI schema is
+generated from the same classes, so the documentation and the answers cannot drift apart
+(tests/test_api.py validates real answers against /api/schema/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from imageproc.storage import absolute_url
+from products.models import ImageStatus, Product, ProductImage
+from requests_app.models import OutputFormat, ProcessingRequest, WebhookDelivery
+from requests_app.selectors import Progress, product_status, request_progress
+from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, WEBHOOK_URL_MAX
+
+# --- Fields -----------------------------------------------------------------------------------
+
+
+@extend_schema_field({"type": "integer", "minimum": QUALITY_MIN, "maximum": QUALITY_MAX})
+class QualityField(serializers.IntegerField):
+    """An integer; its range is RequestOptions' rule: documented here, checked there."""
+
+
+@extend_schema_field({"type": "string", "enum": list(OutputFormat.values)})
+class OutputFormatField(serializers.CharField):
+    """A string; the formats are RequestOptions' rule: documented here, checked there."""
+
+
+class AbsoluteUrlField(serializers.URLField):
+    """One of our paths (a model's get_status_path, ...) as the absolute link clients follow,
+    on PUBLIC_BASE_URL like every link the service hands out."""
+
+    def to_representation(self, value: str) -> str:
+        return absolute_url(value)
+
+
+# --- Input ------------------------------------------------------------------------------------
+
+
+class UploadSerializer(serializers.Serializer[Any]):
+    # An empty file passes here: the CSV parser refuses it as an invalid CSV (with its reason).
+    file = serializers.FileField(
+        allow_empty_file=True, help_text="The product CSV: S. No., Product Name, Input Image Urls."
+    )
+    webhook_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text=f"Receives the signed completion webhook: https, a public address, at most {WEBHOOK_URL_MAX} "
+        "characters. Default: the client's default webhook URL.",
+    )
+    quality = QualityField(required=False, help_text="JPEG/WebP quality. Default: IMAGE_DEFAULT_QUALITY (50).")
+    output_format = OutputFormatField(required=False, help_text="Default: jpeg.")
+
+
+class NoInputSerializer(serializers.Serializer[Any]):
+    """An action that takes no input."""
+
+
+# --- Progress and requests --------------------------------------------------------------------
+
+
+class ProgressSerializer(serializers.Serializer[Progress]):
+    """Renders a selectors.Progress."""
+
+    images_total = serializers.IntegerField()
+    images_done = serializers.IntegerField(help_text="Images compressed and stored.")
+    images_failed = serializers.IntegerField()
+    percent = serializers.FloatField(help_text="Finished (done or failed) images, in percent of the total.")
+
+
+class UploadResultSerializer(serializers.Serializer[ProcessingRequest]):
+    """Renders the ProcessingRequest an upload created (or found by its Idempotency-Key)."""
+
+    request_id = serializers.UUIDField(source="pk")
+    status = serializers.CharField()
+    status_url = AbsoluteUrlField(source="get_status_path")
+    output_url = AbsoluteUrlField(source="get_output_path")
+    products = serializers.IntegerField(source="products_total")
+    images = serializers.IntegerField(source="images_total")
+
+
+class RequestSummarySerializer(serializers.ModelSerializer[ProcessingRequest]):
+    request_id = serializers.UUIDField(source="id")
+    status_url = AbsoluteUrlField(source="get_status_path")
+    output_url = AbsoluteUrlField(source="get_output_path")
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ProcessingRequest
+        fields = [
+            "request_id",
+            "status",
+            "original_filename",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "progress",
+            "bytes_in",
+            "bytes_out",
+            "status_url",
+            "output_url",
+        ]
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, obj: ProcessingRequest) -> dict[str, Any]:
+        return dict(ProgressSerializer(request_progress(request=obj)).data)
+
+
+# --- The status answer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """A product of the status answer with its images in position order."""
+
+    product: Product
+    images: list[ProductImage]
+
+    @property
+    def status(self) -> str:
+        return product_status(self.images)
+
+    @property
+    def input_image_urls(self) -> list[str]:
+        return [image.source_url for image in self.images]
+
+    @property
+    def output_image_urls(self) -> list[str | None]:
+        return [image.output_url for image in self.images]
+
+    @property
+    def failed(self) -> list[ProductImage]:
+        return [image for image in self.images if image.status == ImageStatus.FAILED]
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """What RequestStatusSerializer renders: one page of a request's status."""
+
+    request: ProcessingRequest
+    progress: Progress
+    # imageproc.storage.output_url_policy()
+    output_urls: dict[str, Any]
+    products: list[ProductRow]
+    next: str | None
+    previous: str | None
+
+
+class ImageErrorSerializer(serializers.Serializer[ProductImage]):
+    """Renders a failed ProductImage."""
+
+    url = serializers.CharField(source="source_url")
+    code = serializers.CharField(source="error_code")
+    message = serializers.CharField(source="error_message")
+
+
+class ProductStatusSerializer(serializers.Serializer[ProductRow]):
+    serial_number = serializers.CharField(source="product.serial_number")
+    product_name = serializers.CharField(source="product.product_name")
+    status = serializers.CharField(help_text="pending, processing, done, failed or partial.")
+    input_image_urls = serializers.ListField(child=serializers.CharField())
+    output_image_urls = serializers.ListField(
+        child=serializers.CharField(allow_null=True),
+        help_text="Aligned with input_image_urls: null where that image is not done.",
+    )
+    # Describes the answer only (never validates input), so shadowing Serializer.errors is harmless.
+    errors = ImageErrorSerializer(many=True, source="failed")  # type: ignore[assignment]
+
+
+class OutputUrlsSerializer(serializers.Serializer[dict[str, Any]]):
+    kind = serializers.ChoiceField(
+        choices=["presigned", "public", "local"],
+        help_text="presigned: signed S3 links that expire; public: S3 behind a CDN or public bucket, permanent; "
+        "local: served by this service under /media/, permanent.",
+    )
+    expires_in = serializers.IntegerField(
+        allow_null=True,
+        help_text="Seconds the output image links of this answer stay valid; null when they do not expire.",
+    )
+
+
+class RequestStatusSerializer(serializers.Serializer[StatusPage]):
+    """Renders a StatusPage."""
+
+    request_id = serializers.UUIDField(source="request.pk")
+    status = serializers.CharField(source="request.status")
+    created_at = serializers.DateTimeField(source="request.created_at")
+    started_at = serializers.DateTimeField(source="request.started_at", allow_null=True)
+    completed_at = serializers.DateTimeField(source="request.completed_at", allow_null=True)
+    progress = ProgressSerializer()
+    bytes_in = serializers.IntegerField(source="request.bytes_in")
+    bytes_out = serializers.IntegerField(source="request.bytes_out")
+    output_url = AbsoluteUrlField(source="request.get_output_path")
+    output_urls = OutputUrlsSerializer(help_text="How long the output image links stay valid.")
+    products_count = serializers.IntegerField(source="request.products_total")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    products = ProductStatusSerializer(many=True)
+
+
+# --- Actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """What RetryResultSerializer renders."""
+
+    request: ProcessingRequest
+    images_requeued: int
+
+
+class RetryResultSerializer(serializers.Serializer[Requeued]):
+    request_id = serializers.UUIDField(source="request.pk")
+    status = serializers.CharField(source="request.status")
+    images_requeued = serializers.IntegerField()
+
+
+class WebhookResendResultSerializer(serializers.Serializer[WebhookDelivery]):
+    """Renders the WebhookDelivery a resend queued."""
+
+    request_id = serializers.UUIDField()
+    delivery_id = serializers.UUIDField(
+        source="pk", help_text="The attempt queued (the delivery log has one row per attempt)."
+    )
+    event_id = serializers.CharField(help_text="The webhook-id header: the same for every attempt of the event.")
+    attempt = serializers.IntegerField()
+    status = serializers.CharField(help_text="pending, succeeded, failed or disabled.")
+    url = serializers.URLField()
