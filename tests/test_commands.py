@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from products.models import Product, ProductImage
@@ -23,6 +26,7 @@ from requests_app.management.commands.process_csv import (
     write_output,
 )
 from requests_app.models import ApiClient, ApiKey, ProcessingRequest, RequestStatus
+from requests_app.selectors import Progress
 from requests_app.services.clients import api_client_create, api_key_create
 from requests_app.services.errors import ApiClientExists, InvalidOptions
 from requests_app.services.onboarding import api_client_onboard
@@ -72,7 +76,7 @@ def test_process_csv_waits_writes_the_output_csv_and_sums_up(catalogue: Path, tm
     assert obj.owner.username == "cli"
     assert obj.original_filename == "catalogue.csv"
     assert f"Created request {obj.pk}: 2 products, 3 images" in out
-    assert "[##############################] 3/3  3 done, 0 failed  completed" in out
+    assert "3/3  3 done, 0 failed  completed" in out  # no terminal: plain progress lines
     assert f"Wrote {output} (2 products)." in out
     assert "products: 2   images: 3 (3 done, 0 failed)" in out
     assert "saved" in out and f"({100 * obj.bytes_saved / obj.bytes_in:.1f}%)" in out
@@ -156,10 +160,38 @@ def test_watch_gives_up_at_the_timeout_with_exit_3(django_assert_num_queries: An
 
 
 def test_progress_line_shows_rate_and_eta() -> None:
-    obj = ProcessingRequest(images_total=100, images_done=42, images_failed=3, status=RequestStatus.PROCESSING)
-    line = progress_line(obj, rate=9.0)
-    assert line.startswith("[##############................] 45/100  42 done, 3 failed  processing")
+    progress = Progress(images_total=100, images_done=42, images_failed=3, percent=45.0, rate=9.0, eta_seconds=6)
+    line = progress_line(progress, "processing")
+    assert line.startswith("45/100  42 done, 3 failed  processing")
     assert line.endswith("9.0 img/s  ETA 0:06")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watch_draws_a_tqdm_bar_with_the_requests_rate_and_eta_on_a_terminal(
+    django_assert_num_queries: Any,
+) -> None:
+    from django.core.management.base import OutputWrapper
+
+    obj = ProcessingRequest.objects.create(
+        owner=User.objects.create_user("u"),
+        status=RequestStatus.PROCESSING,
+        images_total=100,
+        images_done=42,
+        images_failed=3,
+        started_at=timezone.now() - timedelta(seconds=10),
+    )
+    out = Terminal()
+    with django_assert_num_queries(1), pytest.raises(CommandError) as info:
+        watch(obj, out=OutputWrapper(out), interval=0.01, timeout=0)
+    assert info.value.returncode == EXIT_TIMEOUT
+    drawn = out.getvalue()
+    assert drawn.startswith("\r") and drawn.endswith("\n")  # redrawn in place, left on its own line
+    last = drawn.rstrip("\n").rsplit("\r", 1)[-1]
+    assert re.fullmatch(r" 45%\|#+ +\| 45/100, 42 done, 3 failed  processing  4\.5 img/s  ETA 0:12", last), last
 
 
 def test_output_csv_of_2500_products_reads_in_chunks(tmp_path: Path, django_assert_max_num_queries: Any) -> None:

@@ -14,9 +14,9 @@ Exit status, so that scripts can tell:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,32 +24,38 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
-from django.db.models import Count
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
+from tqdm import tqdm
 
 from imageproc.engine import csv_io
 from imageproc.storage import absolute_url
-from products.models import ImageStatus, ProductImage
+from requests_app.formatting import human_bytes
 from requests_app.models import OutputFormat, ProcessingRequest
-from requests_app.selectors import request_output_rows
+from requests_app.selectors import Progress, failed_images, failure_counts, request_output_rows, request_progress
 from requests_app.services.clients import api_client_create
-from requests_app.services.errors import ServiceError
-from requests_app.services.requests import RequestOptions, request_create
+from requests_app.services.errors import InvalidOptions, ServiceError
+from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, RequestOptions, request_create
 
 EXIT_FAILED_IMAGES = 2
 EXIT_TIMEOUT = 3
 DEFAULT_OWNER = "cli"
-BAR_WIDTH = 30
 FAILURES_SHOWN = 20
 # Without a terminal (a log, a CI job), one progress line at most this often.
 PLAIN_LINE_EVERY = 5.0
+# The command-line flag of each RequestOptions field, to name it in an error.
+OPTION_FLAGS = {"quality": "--quality", "output_format": "--format", "webhook_url": "--webhook-url"}
 
-COUNTER_FIELDS = ("status", "images_total", "images_done", "images_failed", "bytes_in", "bytes_out", "completed_at")
-
-
-def human_bytes(n: int) -> str:
-    return str(filesizeformat(n)).replace("\xa0", " ")
+# What a progress tick reads: the counters, and the times request_progress derives the rate from.
+COUNTER_FIELDS = (
+    "status",
+    "images_total",
+    "images_done",
+    "images_failed",
+    "bytes_in",
+    "bytes_out",
+    "started_at",
+    "completed_at",
+)
 
 
 def clock(seconds: float) -> str:
@@ -58,61 +64,108 @@ def clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def progress_line(obj: ProcessingRequest, rate: float | None) -> str:
-    """`[#########.....]  45/100  42 done, 3 failed  12.3 img/s  ETA 0:04`"""
-    total = obj.images_total or 1
-    filled = round(BAR_WIDTH * obj.images_finished / total)
-    bar = "#" * filled + "." * (BAR_WIDTH - filled)
-    line = (
-        f"[{bar}] {obj.images_finished}/{obj.images_total}  "
-        f"{obj.images_done} done, {obj.images_failed} failed  {obj.get_status_display().lower()}"
-    )
-    remaining = obj.images_total - obj.images_finished
-    if rate:
-        line += f"  {rate:.1f} img/s"
-        if remaining > 0:
-            line += f"  ETA {clock(remaining / rate)}"
-    return line
+def progress_figures(progress: Progress, status: str) -> str:
+    """`42 done, 3 failed  processing  12.3 img/s  ETA 0:04`: the request's own rate and ETA
+    (request_progress: images finished since it started), as the admin shows them."""
+    text = f"{progress.images_done} done, {progress.images_failed} failed  {status}"
+    if progress.rate:
+        text += f"  {progress.rate:.1f} img/s"
+    if progress.eta_seconds is not None:
+        text += f"  ETA {clock(progress.eta_seconds)}"
+    return text
+
+
+def progress_line(progress: Progress, status: str) -> str:
+    """`45/100  42 done, 3 failed  processing  12.3 img/s  ETA 0:04`: the line written without
+    a terminal."""
+    finished = progress.images_done + progress.images_failed
+    return f"{finished}/{progress.images_total}  {progress_figures(progress, status)}"
 
 
 def is_terminal(stream: OutputWrapper | TextIO) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+class _Raw:
+    """The command's stdout for tqdm: OutputWrapper ends every write with a newline, and a
+    bar redraws its line with a carriage return."""
+
+    def __init__(self, out: OutputWrapper) -> None:
+        self.out = out
+
+    def write(self, text: str) -> None:
+        self.out.write(text, ending="")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class ProgressDisplay:
+    """A tqdm bar on a terminal (images finished of the total, done and failed, the request's
+    rate and ETA); elsewhere a plain line when the figures changed, at most every
+    PLAIN_LINE_EVERY seconds, and always the last one."""
+
+    def __init__(self, out: OutputWrapper) -> None:
+        self.out = out
+        self.tty = is_terminal(out)
+        self.bar: Any = None  # tqdm ships no type hints
+        self.last_line, self.last_time = "", 0.0
+
+    def show(self, obj: ProcessingRequest) -> None:
+        progress = request_progress(request=obj)
+        status = obj.get_status_display().lower()
+        if not self.tty:
+            line = progress_line(progress, status)
+            if line != self.last_line and (obj.is_finished or time.monotonic() - self.last_time >= PLAIN_LINE_EVERY):
+                self.out.write(line)
+                self.last_line, self.last_time = line, time.monotonic()
+            return
+        figures = progress_figures(progress, status)
+        if self.bar is None:
+            # Made at the first tick, so that its first drawing already has the figures.
+            self.bar = tqdm(
+                total=obj.images_total,
+                initial=obj.images_finished,
+                postfix=figures,
+                file=_Raw(self.out),
+                ncols=min(shutil.get_terminal_size().columns, 120),
+                unit="img",
+                bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}",
+                ascii=" #",
+                # Redrawn at each tick of watch(), not on tqdm's own clock.
+                mininterval=0,
+                miniters=0,
+            )
+            return
+        self.bar.n = obj.images_finished
+        self.bar.set_postfix_str(figures, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()  # leaves the last state on its own line
+
+
 def watch(
     obj: ProcessingRequest, *, out: OutputWrapper, interval: float = 0.5, timeout: float | None = None
 ) -> ProcessingRequest:
-    """Redraw a progress bar until the request has finished; one query per tick. The rate is
-    what this command saw (images finished since it started watching, per second)."""
-    tty = is_terminal(out)
+    """Show the progress until the request has finished; one query per tick."""
     started = time.monotonic()
-    first = obj.images_finished
-    last_line, last_time = "", 0.0
-    while True:
-        obj.refresh_from_db(fields=COUNTER_FIELDS)
-        elapsed = time.monotonic() - started
-        seen = obj.images_finished - first
-        rate = seen / elapsed if seen and elapsed > 0 else None
-        line = progress_line(obj, rate)
-        if tty:
-            out.write("\r" + line.ljust(len(last_line)), ending="")
-            out.flush()
-        elif line != last_line and (obj.is_finished or time.monotonic() - last_time >= PLAIN_LINE_EVERY):
-            out.write(line)
-            last_time = time.monotonic()
-        last_line = line
-        if obj.is_finished:
-            if tty:
-                out.write("")
-            return obj
-        if timeout is not None and elapsed >= timeout:
-            if tty:
-                out.write("")
-            raise CommandError(
-                f"Still {obj.status} after {timeout:g} s; it goes on in the background: {admin_url(obj)}",
-                returncode=EXIT_TIMEOUT,
-            )
-        time.sleep(interval)
+    display = ProgressDisplay(out)
+    try:
+        while True:
+            obj.refresh_from_db(fields=COUNTER_FIELDS)
+            display.show(obj)
+            if obj.is_finished:
+                return obj
+            if timeout is not None and time.monotonic() - started >= timeout:
+                raise CommandError(
+                    f"Still {obj.status} after {timeout:g} s; it goes on in the background: {admin_url(obj)}",
+                    returncode=EXIT_TIMEOUT,
+                )
+            time.sleep(interval)
+    finally:
+        display.close()
 
 
 def admin_url(obj: ProcessingRequest) -> str:
@@ -146,21 +199,11 @@ def summary(obj: ProcessingRequest, out: OutputWrapper, style: Any) -> None:
         )
     if not obj.images_failed:
         return
-    failed = ProductImage.objects.filter(request_id=obj.pk, status=ImageStatus.FAILED)
-    codes = Counter(
-        dict(failed.order_by().values_list("error_code").annotate(n=Count("id")).values_list("error_code", "n"))
-    )
+    codes = failure_counts(request=obj)
     out.write(
         style.WARNING(f"Failures ({obj.images_failed}): " + ", ".join(f"{c}: {n}" for c, n in codes.most_common()))
     )
-    shown = (
-        failed.select_related("product")
-        .order_by("product__position", "position")
-        .only("source_url", "error_code", "error_message", "product__position", "product__serial_number")[
-            :FAILURES_SHOWN
-        ]
-    )
-    for image in shown:
+    for image in failed_images(request=obj, page=1, per_page=FAILURES_SHOWN).object_list:
         out.write(
             f"  row {image.product.position + 2} (S. No. {image.product.serial_number}): {image.error_code}: "
             f"{image.error_message}\n      {image.source_url}"
@@ -218,8 +261,15 @@ class Command(BaseCommand):
             default=None,
             help=f"Username that owns the request (default: an API client called {DEFAULT_OWNER!r}, made if missing).",
         )
-        parser.add_argument("--quality", type=int, default=None, help="1 to 95 (default: IMAGE_DEFAULT_QUALITY).")
-        parser.add_argument("--format", dest="output_format", choices=OutputFormat.values, default=OutputFormat.JPEG)
+        parser.add_argument(
+            "--quality",
+            type=int,
+            default=None,
+            help=f"{QUALITY_MIN} to {QUALITY_MAX} (default: IMAGE_DEFAULT_QUALITY).",
+        )
+        parser.add_argument(
+            "--format", dest="output_format", choices=OutputFormat.values, default=None, help="Default: jpeg."
+        )
         parser.add_argument("--webhook-url", default="", help="Receives the completion webhook.")
         parser.add_argument("--wait", action="store_true", help="Follow the request to its end.")
         parser.add_argument(
@@ -235,18 +285,17 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        quality = options["quality"] if options["quality"] is not None else settings.IMAGE_DEFAULT_QUALITY
-        if not 1 <= quality <= 95:
-            raise CommandError("--quality must be between 1 and 95.")
+        given = {"quality": options["quality"], "output_format": options["output_format"]}
+        try:
+            request_options = RequestOptions(
+                **{name: value for name, value in given.items() if value is not None},
+                webhook_url=options["webhook_url"],
+            )
+        except InvalidOptions as exc:
+            raise CommandError(
+                "; ".join(f"{OPTION_FLAGS.get(name, name)}: {' '.join(msgs)}" for name, msgs in exc.errors.items())
+            ) from None
         owner = self.owner(options["owner"])
-        webhook_url = options["webhook_url"].strip()
-        if webhook_url:
-            from requests_app.services import webhooks
-
-            try:
-                webhooks.webhook_url_check(webhook_url)
-            except ServiceError as exc:
-                raise CommandError(f"--webhook-url: {exc}") from None
 
         source: str = options["file"]
         wait = options["wait"] or options["output"] is not None
@@ -256,9 +305,6 @@ class Command(BaseCommand):
                 raise CommandError("Reading stdin: say where the output CSV goes with --output.")
             output = Path(source).with_name(f"{Path(source).stem}-output.csv")
 
-        request_options = RequestOptions(
-            quality=quality, output_format=options["output_format"], webhook_url=webhook_url
-        )
         try:
             if source == "-":
                 obj, _ = request_create(

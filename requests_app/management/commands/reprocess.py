@@ -13,10 +13,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from products.models import ImageStatus, ProductImage
 from requests_app.management.commands.process_csv import admin_url, finish
 from requests_app.models import ProcessingRequest
-from requests_app.services.errors import ServiceError
+from requests_app.services.errors import RequestNotFinished, ServiceError
 from requests_app.services.requests import request_reprocess, request_retry_failed
 
 
@@ -40,17 +39,18 @@ class Command(BaseCommand):
         if obj is None:
             raise CommandError(f"No request {pk}.")
         what = "failed images" if failed_only else "images"
+        service = request_retry_failed if failed_only else request_reprocess
 
         if dry_run:
-            count = (
-                ProductImage.objects.filter(request_id=obj.pk, status=ImageStatus.FAILED).count()
-                if failed_only
-                else obj.images_total
-            )
-            if not obj.is_finished:
+            # The service's own checks and count, without the change.
+            try:
+                count = service(request=obj, dry_run=True)
+            except RequestNotFinished as exc:
                 self.stdout.write(
                     self.style.WARNING(f"Request {obj.pk} is {obj.status}: it would be refused until it has finished.")
                 )
+                self.stdout.write(f"  {exc}  Nothing changed (--dry-run).")
+                return
             self.stdout.write(
                 f"Would re-queue {count} {what} of request {obj.pk} ({obj.get_status_display().lower()}, "
                 f"{obj.images_done} done, {obj.images_failed} failed). Nothing changed (--dry-run)."
@@ -58,7 +58,7 @@ class Command(BaseCommand):
             return
 
         try:
-            count = request_retry_failed(request=obj) if failed_only else request_reprocess(request=obj)
+            count = service(request=obj)
         except ServiceError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(f"Re-queued {count} {what} of request {obj.pk}."))
