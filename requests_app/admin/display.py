@@ -113,10 +113,7 @@ class ImageView:
 
     def __init__(self, image: ProductImage) -> None:
         self.image = image
-
-    @property
-    def output_url(self) -> str | None:
-        return getattr(self.image, "output_url", None)
+        self.output_url = image.output_url
 
     @property
     def input_url(self) -> str:
