@@ -29,7 +29,7 @@ class ApiClient(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_client")
     created_at = models.DateTimeField(default=timezone.now)
 
-    # Webhooks (requests_app/webhooks.py). The secret is kept in clear, unlike API keys: an
+    # Webhooks (requests_app/services/webhooks.py). The secret is kept in clear, unlike API keys: an
     # HMAC is signed with the secret itself, so a hash of it would be useless.
     webhook_secret = models.CharField(max_length=100, default=new_webhook_secret)
     # Set by a rotation; deliveries carry a signature with it too until
@@ -48,18 +48,6 @@ class ApiClient(models.Model):
 
     def __str__(self) -> str:
         return self.user.get_username()
-
-    def clean(self) -> None:
-        # Forms (the admin) get the same SSRF guard as the API.
-        if self.default_webhook_url:
-            from django.core.exceptions import ValidationError
-
-            from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
-
-            try:
-                webhook_url_check(self.default_webhook_url)
-            except WebhookUrlInvalid as exc:
-                raise ValidationError({"default_webhook_url": str(exc)}) from None
 
 
 class ApiKeyQuerySet(models.QuerySet["ApiKey"]):

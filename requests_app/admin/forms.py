@@ -94,6 +94,17 @@ class ApiClientChangeForm(ApiClientFormBase):
         required=False, label="Re-enable webhooks", help_text="The receiver is back: deliver webhooks again."
     )
 
+    def clean_default_webhook_url(self) -> str:
+        # The service's own check, here so that a refused URL is shown on the form: saving
+        # (api_client_set_default_webhook_url, in ApiClientAdmin.save_model) comes too late.
+        url = str(self.cleaned_data.get("default_webhook_url") or "")
+        if url and "default_webhook_url" in self.changed_data:
+            try:
+                webhook_url_check(url)
+            except WebhookUrlInvalid as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
+
     class Meta:
         model = ApiClient
         fields = ("default_webhook_url",)
