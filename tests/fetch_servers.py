@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 ORIGIN_HOST = "127.0.0.2"
 CANARY_HOSTS = ("127.0.0.3", "127.0.0.1", "::1")
 
-# Signature + filler: fetch.py only checks the magic bytes (decoding is compress.py's job).
+# Signature + filler: imageproc.engine.http only checks the magic bytes (decoding is compress.py's job).
 SAMPLES: dict[str, tuple[bytes, str]] = {
     "jpeg": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 100 + b"\xff\xd9", "image/jpeg"),
     "png": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 100, "image/png"),
@@ -145,8 +145,9 @@ class OriginHandler(_Handler):
             self._send(200, b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', "image/svg+xml")
         elif head == "empty":
             self._send(200, b"", "image/jpeg")
-        elif head == "status":  # /status/<code>
-            self._send(int(segments[1]), b"status body", "text/plain")
+        elif head == "status":  # /status/<code>[?retry_after=<Retry-After>]
+            extra = {"Retry_After": query["retry_after"][0]} if "retry_after" in query else {}
+            self._send(int(segments[1]), b"status body", "text/plain", **extra)
         elif head == "redirect":  # /redirect?to=<location>&code=<3xx>
             code = int(query.get("code", ["302"])[0])
             self._send(code, b"", Location=query["to"][0])

@@ -1,4 +1,4 @@
-"""SSRF guard and download limits of imageproc.engine.fetch: attack tables, input -> expected code.
+"""SSRF guard and download limits of imageproc.engine.http: attack tables, input -> expected code.
 
 Real servers on loopback (tests/fetch_servers.py):
   origin  127.0.0.2:P   "allowed" (policies below exempt 127.0.0.2/32 only)
@@ -25,8 +25,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from imageproc.engine import fetch
-from imageproc.engine.fetch import (
+from imageproc.engine.http import (
     FetchError,
     FetchPolicy,
     FetchResult,
@@ -35,8 +34,10 @@ from imageproc.engine.fetch import (
     is_address_allowed,
     parse_networks,
     post,
+    resolve_allowed,
     validate_url,
 )
+from imageproc.engine.http import connections as http_connections
 from tests.fetch_servers import (
     JPEG,
     SAMPLES,
@@ -288,12 +289,8 @@ def test_control_the_canary_does_count_hits(port: int, servers: tuple[Running, R
 @pytest.mark.parametrize("host", ["0x7f.0.0.3", "2130706435", "127.3", "0177.0.0.3", "0", "localhost"])
 def test_address_guard_alone_blocks_numeric_spellings(host: str, port: int, canary: Running) -> None:
     """Defence in depth: even if a spelling got past validate_url, the resolved address is refused."""
-    deadline = fetch._Deadline(2.0)
-    try:
-        with pytest.raises(FetchError) as info:
-            fetch._resolve_checked(host, port, NO_EXEMPTIONS, deadline)
-    finally:
-        deadline.close()
+    with pytest.raises(FetchError) as info:
+        resolve_allowed(host, port, allowed_networks=NO_EXEMPTIONS.allowed_networks, timeout=2.0)
     assert info.value.code == "blocked_address"
     assert_canary_untouched(canary)
 
@@ -766,7 +763,7 @@ TLS_POLICY = dataclasses.replace(ALLOW_ORIGIN, allowed_networks=(net("127.0.0.1/
 
 
 def test_https_verifies_the_host_name_and_sends_sni(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "_CA_BUNDLE", str(certs.ca))
+    monkeypatch.setattr(http_connections, "_CA_BUNDLE", str(certs.ca))
     with tls_origin(certs.localhost_cert, certs.localhost_key) as server:
         result = fetch_image(f"https://localhost:{server.port}/img/png", policy=TLS_POLICY)
         assert result.content_type == "image/png"
@@ -786,7 +783,7 @@ def test_https_certificate_problems_are_connect_errors(
     which: str, host: str, trust_test_ca: bool, certs: Certs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if trust_test_ca:
-        monkeypatch.setattr(fetch, "_CA_BUNDLE", str(certs.ca))
+        monkeypatch.setattr(http_connections, "_CA_BUNDLE", str(certs.ca))
     cert: Path = getattr(certs, f"{which}_cert")
     key: Path = getattr(certs, f"{which}_key")
     with tls_origin(cert, key) as server:
@@ -800,8 +797,97 @@ def test_https_certificate_problems_are_connect_errors(
 def test_fetch_error_shape() -> None:
     exc = FetchError("blocked_address", "host 'x' resolves to an address that is not allowed")
     assert (exc.code, exc.message, str(exc)) == ("blocked_address", exc.message, exc.message)
+    assert (exc.retry_after, exc.transient) == (None, False)
     again = pickle.loads(pickle.dumps(exc))
     assert (again.code, again.message) == (exc.code, exc.message)
+    assert (again.retry_after, again.transient) == (None, False)
+
+
+def test_fetch_error_keeps_retry_after_and_transient_through_pickle() -> None:
+    # Task queues pickle exceptions: what a retry decision needs must survive the trip.
+    exc = FetchError("http_503", "the server answered HTTP 503", retry_after=120.0)
+    again = pickle.loads(pickle.dumps(exc))
+    assert (again.code, again.message, again.retry_after, again.transient) == ("http_503", exc.message, 120.0, True)
+    overridden = pickle.loads(pickle.dumps(FetchError("fetch_error", "ambiguous redirect", transient=False)))
+    assert (overridden.code, overridden.transient) == ("fetch_error", False)
+    assert FetchError("fetch_error", "the connection failed").transient
+
+
+# === Transient or not: what the pipeline may retry, against the real servers ======================
+
+# (path on the origin, expected code, transient, retry_after)
+TRANSIENT_CASES = [
+    ("/status/500", "http_500", True, None),
+    ("/status/502", "http_502", True, None),
+    ("/status/503?retry_after=120", "http_503", True, 120.0),
+    ("/status/429?retry_after=7", "http_429", True, 7.0),
+    ("/status/429", "http_429", True, None),
+    ("/status/429?retry_after=soon", "http_429", True, None),  # unparsable: ignored
+    ("/status/500?retry_after=30", "http_500", True, None),  # only a 429 or a 503 sets it
+    ("/status/408", "http_408", True, None),
+    ("/status/404", "http_404", False, None),
+    ("/status/403", "http_403", False, None),
+    ("/status/410?retry_after=30", "http_410", False, None),
+    ("/html", "not_an_image", False, None),
+    ("/huge-length", "too_large", False, None),
+    ("/big-chunked?n=1048576", "too_large", False, None),
+    ("/cut-short", "fetch_error", True, None),  # the connection ended mid-body
+    ("/stall", "timeout", True, None),
+    ("/chain/5", "too_many_redirects", False, None),
+]
+
+
+def fetch_error(url: str, policy: FetchPolicy) -> FetchError:
+    with pytest.raises(FetchError) as info:
+        fetch_image(url, policy=policy)
+    return info.value
+
+
+@pytest.mark.parametrize(("path", "code", "transient", "retry_after"), TRANSIENT_CASES)
+def test_fetch_errors_say_whether_they_are_transient(
+    path: str, code: str, transient: bool, retry_after: float | None, port: int, origin: Running, canary: Running
+) -> None:
+    policy = dataclasses.replace(ALLOW_ORIGIN, **SHORT)
+    exc = fetch_error(f"http://{ORIGIN}:{port}{path}", policy)
+    assert (exc.code, exc.transient, exc.retry_after) == (code, transient, retry_after)
+    assert origin.log.hits  # the origin really answered (or stalled)
+    assert_canary_untouched(canary)
+
+
+def test_retry_after_as_an_http_date_is_seconds_from_now(port: int, origin: Running) -> None:
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 90))
+    exc = fetch_error(f"http://{ORIGIN}:{port}/status/503?" + urlencode({"retry_after": when}), ALLOW_ORIGIN)
+    assert exc.code == "http_503" and exc.transient
+    assert exc.retry_after is not None and 80 <= exc.retry_after <= 90
+
+
+def test_refused_connections_and_dns_failures_are_transient(canary: Running) -> None:
+    refused = fetch_error(f"http://{ORIGIN}:{free_port()}/", ALLOW_ORIGIN)
+    assert (refused.code, refused.transient) == ("connect_error", True)
+    unknown = fetch_error("http://nonexistent.invalid/a.jpg", dataclasses.replace(NO_EXEMPTIONS, total_timeout=5.0))
+    assert (unknown.code, unknown.transient) == ("dns_error", True)
+    assert_canary_untouched(canary)
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://127.0.0.3:{port}/img/jpeg", "blocked_address"),
+        ("http://localhost:{port}/img/jpeg", "blocked_address"),
+        ("http://2130706435:{port}/", "invalid_url"),
+        ("ftp://127.0.0.2:{port}/img/jpeg", "invalid_url"),
+    ],
+)
+def test_refused_addresses_and_invalid_urls_are_not_transient(
+    url: str, code: str, port: int, canary: Running
+) -> None:
+    for policy in (NO_EXEMPTIONS, ALLOW_ORIGIN):
+        exc = fetch_error(url.format(port=port), policy)
+        assert (exc.code, exc.transient, exc.retry_after) == (code, False, None)
+        with pytest.raises(FetchError) as info:
+            post(url.format(port=port), body=b"{}", headers={}, policy=policy)
+        assert (info.value.code, info.value.transient) == (code, False)
+    assert_canary_untouched(canary)
 
 
 def test_results_are_frozen(port: int, origin: Running) -> None:
