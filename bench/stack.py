@@ -81,11 +81,14 @@ class Stack:
         return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
     def _children(self) -> dict[str, int]:
-        """serve's two children: the gunicorn master and qcluster's main process."""
+        """serve's three children: the gunicorn master, the image qcluster's main process and
+        the webhooks' (`webhook_cluster` runs `qcluster --name <queue>`)."""
         found = {}
         for pid in _descendants(self.process.pid):
             if _parent(pid) == self.process.pid:
-                found["web" if "gunicorn" in _cmdline(pid) else "qcluster"] = pid
+                line = _cmdline(pid)
+                webhooks = "webhook_cluster" in line or "--name" in line
+                found["web" if "gunicorn" in line else "webhooks" if webhooks else "qcluster"] = pid
         return found
 
     def gunicorn_master(self) -> int:

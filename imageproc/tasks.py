@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from imageproc.pipeline.dispatch import images_dispatch
 from imageproc.pipeline.finalize import request_finalize
-from imageproc.pipeline.process import image_process
 from imageproc.pipeline.sweep import sweep as sweep_all
-from requests_app.services import webhooks
+from imageproc.pipeline.work import images_work
+from requests_app.services.webhook_delivery import webhook_deliver as deliver
 
 
 def dispatch_request(request_id: str) -> int:
@@ -17,7 +17,7 @@ def dispatch_request(request_id: str) -> int:
 
 
 def process_images(request_id: str, image_ids: list[str]) -> None:
-    image_process(request_id=request_id, image_ids=image_ids)
+    images_work(request_id=request_id, image_ids=image_ids)
 
 
 def finalize_request(request_id: str) -> str | None:
@@ -25,7 +25,8 @@ def finalize_request(request_id: str) -> str | None:
 
 
 def webhook_deliver(delivery_id: str) -> str:
-    return webhooks.webhook_deliver(delivery_id=delivery_id)
+    """Run by the webhooks' own cluster (settings.WEBHOOK_QUEUE), never by the image workers."""
+    return deliver(delivery_id=delivery_id)
 
 
 def sweep() -> str:

@@ -370,6 +370,31 @@ WEBHOOK_TIME_SCALE = _env_float("WEBHOOK_TIME_SCALE", 1.0)
 # After a rotation, deliveries carry both signatures for this long; then the old secret is dropped.
 WEBHOOK_SECRET_ROTATION_HOURS = _env_int("WEBHOOK_SECRET_ROTATION_HOURS", 24, minimum=0)
 WEBHOOK_USER_AGENT = env.str("WEBHOOK_USER_AGENT", default="imageproc-webhooks/1.0 (+image-processing-service)")
+# Webhooks are sent by a qcluster of their own on a queue of their own (`manage.py
+# webhook_cluster`, which `manage.py serve` starts too), so that a completion webhook never
+# waits behind image batches (requests_app/services/webhook_delivery.py). Its name carries
+# the deployment's prefix, as the image queue's does (Redis keys django_q:<name>:q).
+WEBHOOK_QUEUE = f"{Q_CLUSTER['name']}-webhooks"
+WEBHOOK_WORKERS = _env_int("WEBHOOK_WORKERS", 2, minimum=1)
+# A retry due within this many seconds (the schedule's first, 5 s) is waited for by the
+# webhooks worker whose attempt failed; a later one is queued by the sweeper once due.
+WEBHOOK_HOLD_SECONDS = 10.0
+# One webhook task: an attempt (two timeouts at most: a plain-http URL is resolved for its
+# check, then sent) and the retries it holds.
+WEBHOOK_TASK_TIMEOUT = int(4 * WEBHOOK_TIMEOUT + 2 * WEBHOOK_HOLD_SECONDS) + 10
+Q_CLUSTER["ALT_CLUSTERS"] = {
+    WEBHOOK_QUEUE: {
+        "workers": WEBHOOK_WORKERS,
+        "queue_limit": WEBHOOK_WORKERS,
+        "timeout": WEBHOOK_TASK_TIMEOUT,
+        # A task waits in the prefetch queue behind at most one task per worker.
+        "retry": 2 * WEBHOOK_TASK_TIMEOUT + 30,
+        "recycle": 500,
+        "label": "Webhooks",
+        # The sweeper's schedule belongs to the image cluster: one scheduler is enough.
+        "scheduler": False,
+    }
+}
 
 ADMIN_CREDENTIALS_FILE = VAR_DIR / "admin-credentials.txt"
 

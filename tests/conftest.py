@@ -1,5 +1,6 @@
 """Fixtures that start real servers on loopback: an image server, and for end-to-end tests
-the whole service (gunicorn + qcluster through `manage.py serve`) on a file database.
+the whole service (gunicorn + the image qcluster + the webhooks' qcluster through
+`manage.py serve`) on a file database.
 
 E2E_LANE=scale runs the same end-to-end tests on the scale-out lane instead: PostgreSQL,
 Redis (broker and cache) and S3 (moto's server mode), with two separate qcluster processes
@@ -180,6 +181,10 @@ class Stack:
     # qcluster processes started directly (start_stack(clusters=N)), not by `serve`.
     clusters: list[subprocess.Popen[bytes]] = field(default_factory=list)
     scale: ScaleServices | None = None
+    # The webhooks' own qcluster (`manage.py webhook_cluster`), when started directly; and
+    # how many run, by `serve` or directly (/health/ counts them with the image ones).
+    webhook_clusters: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    webhook_cluster_count: int = 0
 
     @property
     def bucket(self) -> S3Bucket | None:
@@ -201,6 +206,21 @@ class Stack:
         self.clusters.append(process)
         return process
 
+    def start_webhook_cluster(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """The qcluster that sends webhooks, as `serve` starts it beside the image one."""
+        log = self.log.with_name(f"webhooks-{len(list(self.log.parent.glob('webhooks-*.log')))}.log")
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "manage.py", "webhook_cluster"],
+                cwd=ROOT,
+                env={**self.env, **(extra_env or {})},
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        self.webhook_clusters.append(process)
+        return process
+
     def stop_cluster(self, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
         """The graceful way: SIGTERM to the main process only; it drains its workers."""
         if process.poll() is None:
@@ -209,8 +229,9 @@ class Stack:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill_cluster(process)
-        if process in self.clusters:
-            self.clusters.remove(process)
+        for started in (self.clusters, self.webhook_clusters):
+            if process in started:
+                started.remove(process)
 
     def kill_cluster(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the whole cluster, main process and every child, as a machine dying would."""
@@ -219,8 +240,9 @@ class Stack:
         except ProcessLookupError:
             pass
         process.wait(timeout=30)
-        if process in self.clusters:
-            self.clusters.remove(process)
+        for started in (self.clusters, self.webhook_clusters):
+            if process in started:
+                started.remove(process)
 
     def workers(self, process: subprocess.Popen[bytes], *, busy: bool = False) -> list[int]:
         return cluster_workers(process.pid, busy=busy)
@@ -237,7 +259,11 @@ class Stack:
         return sorted(str(p.relative_to(root)) for p in (root / prefix).rglob("*") if p.is_file())
 
     def logs(self) -> str:
-        parts = [self.log, *sorted(self.log.parent.glob("qcluster-*.log"))]
+        parts = [
+            self.log,
+            *sorted(self.log.parent.glob("qcluster-*.log")),
+            *sorted(self.log.parent.glob("webhooks-*.log")),
+        ]
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in parts if p.exists())
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -280,12 +306,15 @@ def start_stack(
     clusters: int | None = None,
     web_only: bool = False,
     public_s3: bool = False,
+    webhook_cluster: bool = True,
 ) -> Stack:
     """The whole service as subprocesses. `lane`: "sqlite" (SQLite, ORM broker, local files)
     or "scale" (PostgreSQL, Redis, S3 on moto); E2E_LANE by default. `clusters`: how many
-    qcluster processes to start directly, `serve --no-workers` then being only the web
+    image qcluster processes to start directly, `serve --no-workers` then being only the web
     server; 0 lets `serve` start its own. By default 0 on sqlite and 2 on scale.
-    `web_only`: no qcluster at all (start some later with Stack.start_cluster)."""
+    `web_only`: no image qcluster (start some later with Stack.start_cluster).
+    `webhook_cluster`: the webhooks' own qcluster, started with the image one(s) by `serve`,
+    else directly (also with `web_only`); False for none."""
     lane = lane or e2e_lane()
     scale: ScaleServices | None = None
     if lane == "scale":
@@ -294,7 +323,9 @@ def start_stack(
         scale = scale_services_for(tmp, public_s3=public_s3)
     if clusters is None:
         clusters = 2 if lane == "scale" else 0
-    return _start_stack(tmp, extra_env, lane=lane, clusters=clusters, web_only=web_only, scale=scale)
+    return _start_stack(
+        tmp, extra_env, lane=lane, clusters=clusters, web_only=web_only, scale=scale, webhook_cluster=webhook_cluster
+    )
 
 
 def _start_stack(
@@ -305,6 +336,7 @@ def _start_stack(
     clusters: int,
     web_only: bool,
     scale: ScaleServices | None,
+    webhook_cluster: bool = True,
 ) -> Stack:
     port = free_port()
     env = {
@@ -330,13 +362,19 @@ def _start_stack(
     key = manage("create_api_client", "e2e").strip().splitlines()[-1]
     log = tmp / "serve.log"
     command = [sys.executable, "manage.py", "serve", "--port", str(port)]
-    if clusters or web_only:
+    serve_workers = not (clusters or web_only)  # `serve` starts both qclusters
+    if not serve_workers:
         command.append("--no-workers")
+    elif not webhook_cluster:
+        raise ValueError("`serve` starts the webhooks' qcluster with the image one: pass clusters or web_only")
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
     stack = Stack(f"http://127.0.0.1:{port}", key, env, process, log, lane=lane, scale=scale)
+    stack.webhook_cluster_count = 1 if webhook_cluster else 0
     for _ in range(clusters):
         stack.start_cluster()
+    if webhook_cluster and not serve_workers:
+        stack.start_webhook_cluster()
     if not wait_clusters(stack, 0 if web_only else max(clusters, 1)):
         stop_stack(stack)
         raise RuntimeError(f"the service did not start:\n{stack.logs()}")
@@ -344,7 +382,9 @@ def _start_stack(
 
 
 def wait_clusters(stack: Stack, count: int, timeout: float = 30) -> bool:
-    """Wait until /health/ answers and sees at least `count` running qclusters."""
+    """Wait until /health/ answers and sees at least `count` running image qclusters, and
+    the stack's webhooks qcluster (/health/ counts both kinds)."""
+    count += stack.webhook_cluster_count
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -358,7 +398,7 @@ def wait_clusters(stack: Stack, count: int, timeout: float = 30) -> bool:
 
 
 def stop_stack(stack: Stack) -> None:
-    for cluster in list(stack.clusters):
+    for cluster in [*stack.clusters, *stack.webhook_clusters]:
         stack.stop_cluster(cluster)
     if stack.process.poll() is None:
         stack.process.send_signal(2)  # SIGINT, as Ctrl-C would

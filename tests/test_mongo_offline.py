@@ -372,9 +372,9 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
 
 def test_webhook_sweep_compiles_for_mongodb(mongo: Recorder) -> None:
     """The webhook part of the sweeper issues only operations the backend supports."""
-    from requests_app.services import webhooks
+    from requests_app.services.webhook_sweep import webhook_sweep
 
-    webhooks.webhook_sweep(now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    webhook_sweep(now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
     assert mongo.calls
     for call in mongo.calls:
         assert call.method in ("aggregate", "update_many", "insert_many"), call

@@ -197,7 +197,9 @@ def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # One image per task and no claiming of more once under way (IMAGE_STEAL_SECONDS=0), so
     # that both clusters get a share of a small request.
     env = {"IMAGE_BATCH_SIZE": "1", "IMAGE_STEAL_SECONDS": "0", "Q_WORKERS": "2"}
-    s = start_stack(tmp_path_factory.mktemp("scale"), env, lane="scale", clusters=2)
+    # The image clusters only: these tests count clusters, workers and their stats (the
+    # webhooks' own qcluster is tested on this lane by tests/test_webhooks.py).
+    s = start_stack(tmp_path_factory.mktemp("scale"), env, lane="scale", clusters=2, webhook_cluster=False)
     yield s
     stop_stack(s)
 
@@ -299,7 +301,13 @@ def test_the_broker_down_makes_health_fail(tmp_path: Any) -> None:
     # A stack whose Redis URL points at a closed port: web only, no cluster can start.
     from tests.conftest import free_port
 
-    s = start_stack(tmp_path, {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, lane="scale", web_only=True)
+    s = start_stack(
+        tmp_path,
+        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+        lane="scale",
+        web_only=True,
+        webhook_cluster=False,
+    )
     try:
         # No keep-alive: on stop, gunicorn would wait its graceful timeout (30 s) for the
         # connection requests leaves open after a 503.

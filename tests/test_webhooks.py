@@ -1,7 +1,9 @@
 """Completion webhooks against a real receiver on 127.0.0.2 (allowed by the test settings)
 and a canary on 127.0.0.3 that must never be contacted. Signatures are checked with the
 `standardwebhooks` library, as a client would. The retry schedule is compressed by
-WEBHOOK_TIME_SCALE, so retries run on the real timer and sweeper paths in milliseconds."""
+WEBHOOK_TIME_SCALE, so retries run on the real paths (held by the webhooks task, or queued
+by the sweeper) in milliseconds. The tests' queue runs tasks in line; the end-to-end tests
+at the bottom run the webhooks' own qcluster beside the image one."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,16 +25,19 @@ import requests
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.utils import timezone
+from django_q.conf import Conf
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from imageproc.engine import signing
 from imageproc.pipeline.finalize import request_finalize, request_finished
 from imageproc.pipeline.sweep import sweep
 from requests_app.models import ApiClient, ProcessingRequest, RequestStatus, WebhookDelivery
-from requests_app.services import webhooks
+from requests_app.services import webhook_delivery, webhooks
 from requests_app.services.clients import api_client_create, api_key_create
-from tests.conftest import ImageServer, Stack, csv_bytes, make_image, start_stack, stop_stack
+from requests_app.services.webhook_sweep import webhook_sweep
+from tests.conftest import ImageServer, Stack, csv_bytes, e2e_lane, make_image, start_stack, stop_stack, wait_clusters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -219,37 +225,73 @@ def test_upload_with_webhook_url_delivers_a_signed_completion_event(
     assert data["output_url"] == response.json()["output_url"]
 
 
-def test_the_worker_that_finishes_a_request_sends_the_event_and_its_retries_not_the_queue(
-    client_obj: ApiClient, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+def test_every_attempt_goes_through_the_webhooks_own_queue_and_a_short_retry_is_held(
+    client_obj: ApiClient, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
-    # In the queue, an attempt would wait behind every image batch queued before it. (The
-    # tests' queue is synchronous: here it is not, and queueing is only recorded.)
+    # In the image queue, an attempt would wait behind every batch queued before it: each
+    # one goes to the webhooks' queue instead. (The tests' queue runs tasks in line; here
+    # every queueing is also recorded.)
     queued: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(webhooks.Conf, "SYNC", False)
-    monkeypatch.setattr(webhooks, "async_task", lambda *args, **kwargs: queued.append(args))
-    senders: list[threading.Thread] = []
-    thread_class = webhooks.threading.Thread
+    enqueue = webhook_delivery.async_task
 
-    class Recorded(thread_class):  # type: ignore[misc,valid-type]
-        def start(self) -> None:
-            senders.append(self)
-            super().start()
+    def recording(func: str, *args: Any, **kwargs: Any) -> Any:
+        queued.append((func, args, kwargs.get("cluster")))
+        return enqueue(func, *args, **kwargs)
 
-    monkeypatch.setattr(webhooks.threading, "Thread", Recorded)
+    monkeypatch.setattr(webhook_delivery, "async_task", recording)
     receiver.replies = [Reply(503), Reply(200)]
     request = finished_request(client_obj, receiver.url())
     request_finished(request_id=request.pk)
 
-    # The first attempt from a thread of this process; its retry, after its timer, too.
     rows = settled(request.pk)
     assert [(r.attempt, r.status, r.status_code) for r in rows] == [(1, "failed", 503), (2, "succeeded", 200)]
     assert len(receiver.hits) == 2
-    assert queued == []
-    senders = [t for t in senders if t.name.startswith("webhook-")]  # (the receiver's are threads too)
-    assert [t.name for t in senders] == [f"webhook-{str(r.pk)[:8]}" for r in rows]
-    for sender in senders:  # not daemons: a stopping worker lets them finish
-        assert not sender.daemon
-        sender.join(5)
+    # One task on the webhooks' queue: it sent the first attempt, then waited for the retry
+    # due 5 s later (5 ms here) and sent it too, rather than leave it to the sweeper.
+    assert queued == [("imageproc.tasks.webhook_deliver", (str(rows[0].pk),), settings.WEBHOOK_QUEUE)]
+    assert settings.WEBHOOK_QUEUE != Conf.CLUSTER_NAME  # not the image queue
+    assert settings.WEBHOOK_QUEUE in settings.Q_CLUSTER["ALT_CLUSTERS"]
+    assert rows[1].attempted_at >= rows[0].next_retry_at - timedelta(seconds=1)  # type: ignore[operator]
+
+
+class WorkerKilled(BaseException):
+    """What a SIGKILL of the webhooks worker looks like from inside: nothing after it runs."""
+
+
+def test_a_webhook_sender_killed_mid_attempt_loses_nothing_the_lease_ends_and_the_sweeper_sends_it(
+    client_obj: ApiClient, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    post = webhook_delivery.http.post
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise WorkerKilled
+
+    monkeypatch.setattr(webhook_delivery.http, "post", killed)
+    request = finished_request(client_obj, receiver.url())
+    with pytest.raises(WorkerKilled):
+        request_finished(request_id=request.pk)
+    monkeypatch.setattr(webhook_delivery.http, "post", post)
+
+    # The row was claimed, then nothing: it stays pending, leased past the attempt's timeout.
+    (row,) = WebhookDelivery.objects.filter(request=request)
+    assert (row.status, row.attempt) == ("pending", 1)
+    assert row.attempted_at is not None and row.next_retry_at is not None
+    lease = (row.next_retry_at - row.attempted_at).total_seconds()
+    assert lease > settings.WEBHOOK_TIMEOUT
+    # While the lease runs, the sweeper leaves it alone (the worker may only be slow).
+    assert webhook_sweep() == 0
+    assert receiver.hits == []
+
+    # The lease ends: the sweeper queues it, through the same task, and it is sent once.
+    WebhookDelivery.objects.filter(pk=row.pk).update(next_retry_at=timezone.now() - timedelta(seconds=1))
+    assert sweep().webhooks == 1
+    (row,) = settled(request.pk)
+    assert (row.attempt, row.status, row.status_code) == (1, "succeeded", 200)
+    (hit,) = receiver.hits
+    assert hit.headers["webhook-id"] == row.event_id
+    assert verify(client_obj.webhook_secret, hit)["data"]["request_id"] == str(request.pk)
+    assert sweep().webhooks == 0  # nothing left to send
+    assert len(receiver.hits) == 1
 
 
 def test_signature_fails_on_a_tampered_body_or_timestamp_or_an_old_timestamp(
@@ -269,7 +311,7 @@ def test_signature_fails_on_a_tampered_body_or_timestamp_or_an_old_timestamp(
     with pytest.raises(WebhookVerificationError):
         verify(webhooks.api_client_rotate_webhook_secret(client=client_obj), hit)  # another secret
     # Signed correctly, but ten minutes ago: a replay.
-    old = webhooks.webhook_headers(
+    old = signing.webhook_headers(
         event_id=hit.headers["webhook-id"],
         body=hit.body.decode(),
         secrets=[ApiClient.objects.get(pk=client_obj.pk).previous_webhook_secret],
@@ -359,17 +401,17 @@ def test_retry_after_is_honoured_and_a_due_retry_is_found_from_the_database(
 
 def test_retry_delay_follows_the_schedule_with_jitter_and_retry_after(settings: Any) -> None:
     settings.WEBHOOK_TIME_SCALE = 1.0
-    delays = [webhooks.retry_delay(attempt=1) for _ in range(50)]
+    delays = [webhook_delivery.retry_delay(attempt=1) for _ in range(50)]
     assert all(4.5 <= d <= 5.5 for d in delays) and len(set(delays)) > 1
-    assert 300 * 0.9 <= webhooks.retry_delay(attempt=2) <= 300 * 1.1
-    assert webhooks.retry_delay(attempt=9) >= 86400 * 0.9
-    assert webhooks.retry_delay(attempt=1, retry_after=60) == 60
-    assert webhooks.retry_delay(attempt=1, retry_after=10**9) == settings.WEBHOOK_RETRY_AFTER_MAX
+    assert 300 * 0.9 <= webhook_delivery.retry_delay(attempt=2) <= 300 * 1.1
+    assert webhook_delivery.retry_delay(attempt=9) >= 86400 * 0.9
+    assert webhook_delivery.retry_delay(attempt=1, retry_after=60) == 60
+    assert webhook_delivery.retry_delay(attempt=1, retry_after=10**9) == settings.WEBHOOK_RETRY_AFTER_MAX
     now = timezone.now()
-    assert webhooks.parse_retry_after("120") == 120
+    assert webhook_delivery.parse_retry_after("120") == 120
     http_date = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
-    assert 85 <= webhooks.parse_retry_after(http_date, now=now) <= 90  # type: ignore[operator]
-    assert webhooks.parse_retry_after("soon") is None
+    assert 85 <= webhook_delivery.parse_retry_after(http_date, now=now) <= 90  # type: ignore[operator]
+    assert webhook_delivery.parse_retry_after("soon") is None
 
 
 # --- Redirects, 410, addresses ------------------------------------------------------------------
@@ -463,7 +505,7 @@ def test_finishing_twice_sends_one_event(client_obj: ApiClient, receiver: Receiv
     assert request_finalize(request_id=request.pk) == "completed_with_errors"
     assert request_finalize(request_id=request.pk) is None
     request_finished(request_id=request.pk)  # as if the hook ran again
-    webhooks.webhook_sweep(now=timezone.now() + timedelta(minutes=2))  # the sweeper's recovery
+    webhook_sweep(now=timezone.now() + timedelta(minutes=2))  # the sweeper's recovery
     (row,) = settled(request.pk)
     assert (row.attempt, row.status) == (1, "succeeded")
     assert WebhookDelivery.objects.count() == 1
@@ -474,7 +516,7 @@ def test_the_sweeper_creates_an_event_a_dead_worker_never_created(client_obj: Ap
     request = finished_request(client_obj, "")  # no URL of its own: the client's default
     webhooks.api_client_set_default_webhook_url(client=client_obj, url=receiver.url("/default"))
     assert WebhookDelivery.objects.count() == 0
-    assert webhooks.webhook_sweep(now=timezone.now() + timedelta(minutes=2)) == 1
+    assert webhook_sweep(now=timezone.now() + timedelta(minutes=2)) == 1
     (row,) = settled(request.pk)
     assert (row.status, row.url) == ("succeeded", receiver.url("/default"))
     assert [h.path for h in receiver.hits] == ["/default"]
@@ -559,7 +601,7 @@ def test_rotation_sends_both_signatures_until_the_window_ends(
     assert verify(new, second)
     with pytest.raises(WebhookVerificationError):
         verify(old, second)
-    webhooks.webhook_sweep()
+    webhook_sweep()
     client_obj.refresh_from_db()
     assert (client_obj.webhook_secret, client_obj.previous_webhook_secret) == (new, "")
 
@@ -586,7 +628,7 @@ def test_every_client_has_its_own_secret(db: Any) -> None:
     secrets = {api_client_create(name=f"c{i}")[0].webhook_secret for i in range(5)}
     assert len(secrets) == 5
     payload = json.dumps({"a": 1})
-    headers = webhooks.webhook_headers(
+    headers = signing.webhook_headers(
         event_id="msg_x", body=payload, secrets=list(secrets)[:1], timestamp=timezone.now()
     )
     assert Webhook(next(iter(secrets))).verify(payload, headers) == {"a": 1}
@@ -617,7 +659,7 @@ def test_a_request_that_finishes_again_sends_a_new_event_and_stops_the_old_retri
     assert verify(client_obj.webhook_secret, second)["data"]["status"] == "completed"
 
 
-# --- The real service: worker timers, and a restart between two attempts ----------------------
+# --- The real service: the webhooks' own qcluster, a restart, a kill, a full image queue ------
 
 
 def _secret_line(stack: Stack) -> str:
@@ -634,11 +676,11 @@ def _wait_hits(receiver: Receiver, count: int, stack: Stack, timeout: float = 60
 
 
 @pytest.mark.e2e
-def test_real_workers_retry_on_their_timer_and_a_restart_loses_no_due_retry(
+def test_real_webhook_workers_retry_and_a_restart_loses_no_due_webhook_retry(
     tmp_path: Any, module_image_server: ImageServer
 ) -> None:
-    quick = Receiver(replies=[Reply(500), Reply(200)])  # retried after ~5 ms by a worker's timer
-    slow = Receiver(replies=[Reply(503, headers={"Retry-After": "3600000"}), Reply(200)])  # ~1 h: no timer
+    quick = Receiver(replies=[Reply(500), Reply(200)])  # retried after ~5 ms, held by the webhooks task
+    slow = Receiver(replies=[Reply(503, headers={"Retry-After": "3600000"}), Reply(200)])  # ~1 h: the sweeper's
     env = {"WEBHOOK_TIME_SCALE": "0.001"}
     image = module_image_server.add("/wh/a.jpg", make_image(64, 48))
     csv_file = ("catalogue.csv", csv_bytes([("1", "A", [image])]), "text/csv")
@@ -663,8 +705,8 @@ def test_real_workers_retry_on_their_timer_and_a_restart_loses_no_due_retry(
     assert quick.hits[0].headers["webhook-id"] == quick.hits[1].headers["webhook-id"]
     assert verify(secret, quick.hits[1])["data"]["status"] == "completed"
 
-    # A new cluster on the same database; the retry exists only as a row. Time passes
-    # (the row is made due) and the sweeper runs: the new workers send it.
+    # New clusters on the same database; the retry exists only as a row. Time passes
+    # (the row is made due) and the sweeper runs: the new webhooks cluster sends it.
     second = start_stack(tmp_path, env)
     try:
         out = second.manage(
@@ -683,3 +725,104 @@ def test_real_workers_retry_on_their_timer_and_a_restart_loses_no_due_retry(
         slow.close()
     assert slow.hits[0].headers["webhook-id"] == slow.hits[1].headers["webhook-id"]
     assert verify(secret, slow.hits[1])["data"]["request_id"] == verify(secret, slow.hits[0])["data"]["request_id"]
+
+
+def _upload(stack: Stack, rows: list[tuple[str, str, list[str]]], webhook_url: str = "") -> str:
+    response = requests.post(
+        stack.base_url + "/csv/upload",
+        headers={"Authorization": f"Bearer {stack.api_key}", "Connection": "close"},
+        files={"file": ("catalogue.csv", csv_bytes(rows), "text/csv")},
+        data={"webhook_url": webhook_url} if webhook_url else {},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["request_id"])
+
+
+@pytest.mark.e2e
+def test_a_completion_webhook_is_sent_while_image_batches_are_still_queued(
+    tmp_path: Any, module_image_server: ImageServer
+) -> None:
+    # One image per batch, half a second each: the big request keeps both image workers (four
+    # on the scale lane) busy for seconds, with dozens of batches queued behind them.
+    env = {"IMAGE_BATCH_SIZE": "1", "IMAGE_IO_THREADS": "1", "UPLOAD_THROTTLE_RATE": "1000/min"}
+    body = make_image(64, 48)
+    small = module_image_server.add("/wh-queued/small.jpg", body, delay=1.5)
+    big = [module_image_server.add(f"/wh-queued/{i}.jpg", body, delay=0.5) for i in range(60)]
+    receiver = Receiver()
+    stack = start_stack(tmp_path, env)
+    try:
+        # The small request's only image is under way first; the big one is queued behind it.
+        small_id = _upload(stack, [("1", "Small", [small])], receiver.url())
+        big_id = _upload(stack, [(str(i + 1), f"P{i}", [url]) for i, url in enumerate(big)])
+        _wait_hits(receiver, 1, stack)
+        # The moment the event arrives: most of the big request's batches are still to do.
+        ended = stack.rows(
+            "SELECT images_done + images_failed FROM requests_app_processingrequest WHERE id = %s", uuid.UUID(big_id)
+        )[0][0]
+        queued = requests.get(stack.base_url + "/health/", timeout=10).json()["checks"]["broker"]["queued"]
+        assert ended < 30, f"the webhook came after {ended} of the 60 images"
+        assert queued > 0  # image batches still wait in the image queue
+        assert stack.wait_finished(small_id)["status"] == "completed"
+        assert stack.wait_finished(big_id, timeout=180)["status"] == "completed"
+    finally:
+        stop_stack(stack)
+        receiver.close()
+    (hit,) = receiver.hits
+    assert json.loads(hit.body)["data"]["request_id"] == small_id
+
+
+@pytest.mark.e2e
+def test_a_killed_webhook_cluster_loses_no_webhook_its_lease_ends_and_the_sweeper_resends_it(
+    tmp_path: Any, module_image_server: ImageServer
+) -> None:
+    # The receiver takes the first POST and never answers it: the webhooks worker is in the
+    # middle of the attempt when its whole cluster is SIGKILLed.
+    receiver = Receiver(replies=[Reply(hang=True), Reply(200)])
+    image = module_image_server.add("/wh-kill/a.jpg", make_image(64, 48))
+    image_clusters = 2 if e2e_lane() == "scale" else 1
+    stack = start_stack(tmp_path, clusters=image_clusters)  # the webhooks cluster started apart, to kill it
+    try:
+        secret = _secret_line(stack)
+        request_id = _upload(stack, [("1", "A", [image])], receiver.url())
+        _wait_hits(receiver, 1, stack)
+        (webhooks_cluster,) = stack.webhook_clusters
+        stack.kill_cluster(webhooks_cluster)
+
+        # The row is claimed and leased; nothing recorded its outcome.
+        ((status, attempt, leased),) = stack.rows(
+            "SELECT status, attempt, next_retry_at > attempted_at FROM requests_app_webhookdelivery "
+            "WHERE request_id = %s",
+            uuid.UUID(request_id),
+        )
+        assert (status, attempt, bool(leased)) == ("pending", 1, True)
+        stack.start_webhook_cluster()
+        assert wait_clusters(stack, image_clusters), stack.logs()
+
+        sweep_now = "from requests_app.services.webhook_sweep import webhook_sweep; print(webhook_sweep())"
+        # While the lease runs the sweeper leaves the row alone (its worker may only be slow) ...
+        assert stack.manage("shell", "--no-imports", "-c", sweep_now).split() == ["0"]
+        time.sleep(1)
+        assert len(receiver.hits) == 1
+        # ... and once it has ended (time passes), queues it to the new webhooks cluster.
+        expire_and_sweep = (
+            "from django.utils import timezone; from requests_app.models import WebhookDelivery as W; "
+            "print(W.objects.filter(status='pending').update(next_retry_at=timezone.now())); " + sweep_now
+        )
+        assert stack.manage("shell", "--no-imports", "-c", expire_and_sweep).split() == ["1", "1"]
+        _wait_hits(receiver, 2, stack)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = stack.rows(
+                "SELECT status, attempt FROM requests_app_webhookdelivery WHERE request_id = %s", uuid.UUID(request_id)
+            )
+            if rows == [("succeeded", 1)]:
+                break
+            time.sleep(0.1)
+        assert rows == [("succeeded", 1)]
+    finally:
+        stop_stack(stack)
+        receiver.close()
+    first, second = receiver.hits
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]  # the receiver can deduplicate
+    assert verify(secret, second)["data"]["request_id"] == request_id

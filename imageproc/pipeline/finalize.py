@@ -66,10 +66,10 @@ def request_finalize(*, request_id: Any) -> str | None:
 
 def request_finished(*, request_id: Any) -> None:
     """What follows a request's end (in the worker that finalised it): its completion
-    webhook. This records the event and sends it from a thread of the worker, never waiting
-    for the receiver. If it fails, the sweeper creates the event later
-    (requests_app.services.webhooks.webhook_sweep), so the request's end is not undone."""
+    webhook. This records the event and queues it on the webhooks' own queue, never behind
+    image batches nor waiting for the receiver. If it fails, the sweeper creates the event
+    later (requests_app.services.webhook_sweep), so the request's end is not undone."""
     try:
-        webhooks.webhook_event_create(request_id=request_id, send_here=True)
+        webhooks.webhook_event_create(request_id=request_id)
     except Exception:
         logger.exception("request %s: could not create its webhook event; the sweeper will", request_id)

@@ -20,7 +20,7 @@ from imageproc.pipeline.finalize import request_try_finalize
 from imageproc.pipeline.records import record_failed
 from products.models import ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest, RequestStatus
-from requests_app.services.webhooks import webhook_sweep
+from requests_app.services.webhook_sweep import webhook_sweep
 
 logger = logging.getLogger(__name__)
 

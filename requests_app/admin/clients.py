@@ -25,7 +25,7 @@ from requests_app.services import webhooks
 from requests_app.services.clients import api_client_enable_webhooks, api_key_create, api_key_revoke
 from requests_app.services.errors import ApiClientExists, ServiceError
 from requests_app.services.onboarding import api_client_onboard
-from requests_app.services.webhooks import WebhookUrlInvalid
+from requests_app.services.webhook_urls import WebhookUrlInvalid
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting them at runtime would need django-stubs-ext.

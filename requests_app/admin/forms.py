@@ -15,7 +15,7 @@ from django.conf import settings
 
 from requests_app.models import ApiClient, OutputFormat
 from requests_app.services.errors import InvalidOptions, ServiceError
-from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
+from requests_app.services.webhook_urls import WebhookUrlInvalid, webhook_url_check
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting it at runtime would need django-stubs-ext.

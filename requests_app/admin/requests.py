@@ -39,6 +39,7 @@ from requests_app.models import ProcessingRequest
 from requests_app.services import webhooks
 from requests_app.services.errors import ServiceError
 from requests_app.services.requests import RequestOptions, request_create, request_reprocess, request_retry_failed
+from requests_app.services.webhook_urls import WebhookUrlInvalid
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting it at runtime would need django-stubs-ext.
@@ -219,7 +220,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
             except csv_io.CsvTooLarge as exc:
                 form.add_error("file", str(exc))
             except ServiceError as exc:  # a webhook URL refused, too many requests in progress, ...
-                add_service_error(form, exc, field_of={webhooks.WebhookUrlInvalid: "webhook_url"})
+                add_service_error(form, exc, field_of={WebhookUrlInvalid: "webhook_url"})
             else:
                 self.log_addition(request, obj, [{"added": {}}])
                 messages.success(
@@ -252,8 +253,6 @@ class ProcessingRequestAdmin(RequestAdminBase):
 
     def _resend(self, request: HttpRequest, obj: ProcessingRequest) -> Any:
         delivery = webhooks.webhook_resend(request=obj)
-        if delivery is None:
-            raise webhooks.WebhookNotConfigured("It has no webhook URL, and its client no default webhook URL.")
         self.log_change(request, obj, f"Resent the completion webhook (attempt {delivery.attempt}).")
         return delivery
 

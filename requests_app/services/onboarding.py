@@ -15,7 +15,7 @@ from django.db import transaction
 from requests_app.models import ApiClient
 from requests_app.services.clients import api_client_create, api_key_create
 from requests_app.services.errors import ApiClientExists, InvalidOptions
-from requests_app.services.webhooks import webhook_url_check
+from requests_app.services.webhook_urls import webhook_url_check
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from requests_app.models import (
     RequestStatus,
 )
 from requests_app.services.errors import InvalidOptions, RequestNotFinished, TooManyActiveRequests
-from requests_app.services.webhooks import WebhookUrlInvalid, webhook_url_check
+from requests_app.services.webhook_urls import WebhookUrlInvalid, webhook_url_check
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""`manage.py serve`: the web server and a qcluster together, for one machine.
+"""`manage.py serve`: the web server and the task workers together, for one machine: the
+image qcluster, and the webhooks' own qcluster (`manage.py webhook_cluster`).
 
-Both run as children in their own sessions, so that Ctrl-C reaches only this process.
-It then asks each child to stop the graceful way: SIGTERM to qcluster's main process
+All run as children in their own sessions, so that Ctrl-C reaches only this process.
+It then asks each child to stop the graceful way: SIGTERM to each qcluster's main process
 only (its workers finish their tasks first; a signal to the whole process group would
-kill them mid-task, docs/django-q2.md) and SIGTERM to gunicorn, and waits for both.
+kill them mid-task, docs/django-q2.md) and SIGTERM to gunicorn, and waits for all.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=settings.HOST, help="Default: HOST, else 127.0.0.1.")
         parser.add_argument("--port", type=int, default=settings.PORT, help="Default: PORT, else 8000.")
         parser.add_argument("--web-workers", type=int, default=2)
-        parser.add_argument("--no-workers", action="store_true", help="Start the web server only.")
+        parser.add_argument("--no-workers", action="store_true", help="Start the web server only (no qcluster).")
 
     def handle(self, *args: Any, host: str, port: int, web_workers: int, no_workers: bool, **options: Any) -> None:
         python = sys.executable
@@ -64,6 +65,9 @@ class Command(BaseCommand):
         children["web"] = subprocess.Popen(web_cmd, start_new_session=True, env=env)
         if not no_workers:
             children["qcluster"] = subprocess.Popen([python, manage, "qcluster"], start_new_session=True, env=env)
+            children["webhooks"] = subprocess.Popen(
+                [python, manage, "webhook_cluster"], start_new_session=True, env=env
+            )
         self.stdout.write(
             self.style.SUCCESS(f"Serving on http://{host}:{port}/ (admin: /admin/, API docs: /api/docs/)")
         )

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from requests_app.services.errors import ServiceError
 from requests_app.services.onboarding import api_client_onboard
-from requests_app.services.webhooks import WebhookUrlInvalid
+from requests_app.services.webhook_urls import WebhookUrlInvalid
 
 
 class Command(BaseCommand):
