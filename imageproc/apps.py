@@ -15,7 +15,7 @@ class ImageprocConfig(AppConfig):
 
     def ready(self) -> None:
         from imageproc.engine.compress import configure_pillow
-        from imageproc.engine.fetch import parse_networks
+        from imageproc.engine.http import parse_networks
 
         try:
             parse_networks(settings.FETCH_ALLOWED_NETWORKS)

@@ -878,9 +878,7 @@ def test_refused_connections_and_dns_failures_are_transient(canary: Running) -> 
         ("ftp://127.0.0.2:{port}/img/jpeg", "invalid_url"),
     ],
 )
-def test_refused_addresses_and_invalid_urls_are_not_transient(
-    url: str, code: str, port: int, canary: Running
-) -> None:
+def test_refused_addresses_and_invalid_urls_are_not_transient(url: str, code: str, port: int, canary: Running) -> None:
     for policy in (NO_EXEMPTIONS, ALLOW_ORIGIN):
         exc = fetch_error(url.format(port=port), policy)
         assert (exc.code, exc.transient, exc.retry_after) == (code, False, None)

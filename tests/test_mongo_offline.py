@@ -166,7 +166,7 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
     """A whole image_process run: one URL twice (stored once, counted twice) and one URL that
     fails. Every write is a conditional update_many on one collection; every counter is an
     $add on the request document's own field; every read stays in one collection."""
-    from imageproc.engine.fetch import FetchError, FetchResult
+    from imageproc.engine.http import FetchError, FetchResult
     from imageproc.pipeline import process as process_module
     from imageproc.pipeline.process import image_process
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-from imageproc.engine.fetch import InvalidUrl, validate_url
+from imageproc.engine.http import InvalidUrl, validate_url
 
 __all__ = [
     "COLUMN_NAME",

@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from imageproc.engine.compress import CompressOptions, CompressResult, ImageRejected, compress
-from imageproc.engine.fetch import FetchError, FetchPolicy, FetchResult, fetch_image
+from imageproc.engine.http import FetchError, FetchPolicy, FetchResult, fetch_image
 from imageproc.engine.naming import image_output_name
 from imageproc.pipeline.finalize import request_try_finalize
 from imageproc.pipeline.records import Group, record_done, record_failed

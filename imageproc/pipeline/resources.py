@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from imageproc.engine.fetch import FetchPolicy, parse_networks
+from imageproc.engine.http import FetchPolicy, parse_networks
 
 logger = logging.getLogger(__name__)
 
