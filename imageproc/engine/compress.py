@@ -47,7 +47,7 @@ QUALITY_LEVELS: tuple[str, ...] = ("auto", "auto:high", "auto:good", "auto:eco")
 # a lossless encoding of the pixels; the lossy re-encoding at the highest quality that is
 # smaller than the input (only when nothing else is).
 CANDIDATES: tuple[str, ...] = ("reencoded", "original", "lossless_png", "lossless_webp", "reencoded_to_fit")
-DEFAULT_JPEG_ENCODER: Final = "turbo"
+DEFAULT_JPEG_ENCODER: Final = "tuned"  # chosen by measurement: bench/results.md, JPEG encoders
 # What Image.open may try: MPO has no opener of its own (the JPEG one returns it).
 _OPEN_FORMATS: Final = tuple(f for f in ALLOWED_INPUT_FORMATS if f != "MPO")
 _WEB_ORIGINALS: Final = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "AVIF"})
@@ -68,7 +68,9 @@ class CompressOptions:
     output_format: "jpeg", "webp", "avif", or "auto": the smallest of the three at the
         quality target (needs an automatic quality).
     keep_copyright: EXIF Artist and Copyright and the XMP rights properties go into the output.
-    jpeg_encoder: "jpegli" or "turbo" (libjpeg-turbo through Pillow).
+    jpeg_encoder: "tuned" (default: libjpeg-turbo with jpegli's quantization tables, the
+        quality mapped to score as libjpeg-turbo's own tables do), "turbo" (the encoder
+        before, standard tables) or "jpegli" (pyjpegli; RGB only, 2x slower).
     avif_speed: libaom's speed, 0 (slowest, smallest) .. 10.
     """
 
@@ -132,7 +134,7 @@ class CompressResult:
     candidate: str = "reencoded"  # one of CANDIDATES
     quality_chosen: int | None = None  # the encoder quality used (None for lossless/original)
     score: float | None = None  # quality="auto": the predicted SSIMULACRA2 reached
-    encoder: str = ""  # "jpegli" | "turbo" | "libwebp" | "libaom" | "zlib" | "" (original)
+    encoder: str = ""  # "tuned" | "turbo" | "jpegli" | "libwebp" | "libaom" | "zlib" | "" (original)
     input_bytes: int = 0
 
     @property
@@ -364,8 +366,10 @@ def _encoder_name(fmt: str, opts: CompressOptions, im: Image.Image) -> str:
         return "libwebp"
     if fmt == "avif":
         return "libaom"
-    uses_jpegli = opts.jpeg_encoder == "jpegli" and im.mode == "RGB" and not (opts.optimize or opts.progressive)
-    return "jpegli" if uses_jpegli else "turbo"
+    if opts.jpeg_encoder == "jpegli":
+        uses_jpegli = im.mode == "RGB" and not (opts.optimize or opts.progressive)
+        return "jpegli" if uses_jpegli else "tuned"
+    return opts.jpeg_encoder
 
 
 def _encode_function(

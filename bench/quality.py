@@ -1,0 +1,572 @@
+"""How small, how good, how fast: the encoders and formats of imageproc.engine.compress.
+
+`python -m bench.quality` (part of `make bench`), `--quick` (part of `make bench-quick`: a
+smoke run on a few small images), `--calibrate` (fits the tables of the engine that map
+its cheap run-time score and its JPEG quality scale onto SSIMULACRA2, and prints them).
+
+On the photographs of the benchmark corpus (bench/corpus.py, the 0.3-2 MP set) and the
+graphics corpus (tests/graphics.py):
+1. rate-distortion: for each JPEG encoder (libjpeg-turbo as before, libjpeg-turbo with
+   jpegli's tables = "tuned", jpegli) and each format (WebP, AVIF), the bytes and the
+   SSIMULACRA2 (bench/ssimulacra2.py) of every image at a grid of qualities, and the
+   encoders' CPU time;
+2. the JPEG default against the one before: bytes at equal mean and 5th-percentile score;
+3. quality="auto" at each level and format: how often the output lands within +-3 of the
+   target, its bytes against the lowest fixed quality that reaches the target on 90% of
+   the images, and the quality chosen;
+4. the throughput of compress() in each mode (MP/s of CPU, one process);
+5. never larger: every photograph and graphic in every output format.
+The photographs are split in two: the calibration uses the even ones, the measures of auto
+the odd ones (the full run measures everything else on all of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench import corpus as corpus_mod
+from bench.ssimulacra2 import score as ssimulacra2
+from imageproc.engine.compress import CompressOptions, compress, configure_pillow
+from imageproc.engine.imaging import encoders
+from imageproc.engine.imaging import quality as auto_quality
+from imageproc.engine.imaging.metadata import OutputMetadata
+from tests import graphics
+
+HERE = Path(__file__).resolve().parent
+NO_META = OutputMetadata(b"", b"")
+MARK_START, MARK_END = "<!-- quality:start -->", "<!-- quality:end -->"
+
+# name -> (format, encode(image, quality))
+Encoder = Callable[[Image.Image, int], bytes]
+
+
+def _jpeg(encoder: str) -> Encoder:
+    return lambda im, q: encoders.encode_jpeg(im, q, encoder=encoder, meta=NO_META, icc=None)
+
+
+ENCODERS: dict[str, tuple[str, Encoder]] = {
+    "jpeg/turbo (before)": ("jpeg", _jpeg("turbo")),
+    "jpeg/tuned (default)": ("jpeg", _jpeg("tuned")),
+    "jpeg/jpegli": ("jpeg", _jpeg("jpegli")),
+    "webp": ("webp", lambda im, q: encoders.encode_webp(im, q, meta=NO_META, icc=None)),
+    "avif (speed 8)": ("avif", lambda im, q: encoders.encode_avif(im, q, meta=NO_META, icc=None)),
+}
+QUALITIES = (25, 45, 65, 85)
+QUICK_QUALITIES = (50,)
+
+
+@dataclass
+class Source:
+    name: str
+    kind: str  # "photo" | "graphic"
+    data: bytes
+    rgb: Image.Image  # the pixels as compress() sees them, transparency flattened on white
+
+    @property
+    def megapixels(self) -> float:
+        return self.rgb.width * self.rgb.height / 1e6
+
+    @property
+    def reference(self) -> np.ndarray:
+        return np.asarray(self.rgb)
+
+
+def _flattened(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P", "PA"):
+            rgba = im.convert("RGBA")
+            base = Image.new("RGB", im.size, "white")
+            base.paste(rgba, mask=rgba)
+            return base
+        return im.convert("RGB")
+
+
+def load_sources(quick: bool) -> tuple[list[Source], list[Source]]:
+    """(photographs, graphics)."""
+    corpus = corpus_mod.build(corpus_mod.QUICK, log=False)
+    photos = []
+    for index, image in enumerate(corpus.images):
+        data = corpus.read(image)
+        if quick:
+            if index >= 3:
+                break
+            small = _flattened(data)
+            small.thumbnail((320, 320))
+            buf = io.BytesIO()
+            small.save(buf, "JPEG", quality=92)
+            data = buf.getvalue()
+        photos.append(Source(image.name, "photo", data, _flattened(data)))
+    made = graphics.build()
+    names = sorted(made)[:3] if quick else sorted(made)
+    return photos, [Source(name, "graphic", made[name], _flattened(made[name])) for name in names]
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+# --- 1. rate-distortion ---------------------------------------------------------------------
+
+
+def rate_distortion(
+    photos: list[Source],
+    qualities: tuple[int, ...],
+    log: Callable[[str], None],
+    names: tuple[str, ...] = (),
+    pairs_wanted: bool = False,
+) -> dict[str, Any]:
+    """{encoder: {quality: {"bytes": [...], "score": [...], "encode_s": float}}}, and the
+    (sample SSIM, SSIMULACRA2) pairs of the calibration set (even-numbered photographs)."""
+    table: dict[str, Any] = {}
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for name, (fmt, encode) in ENCODERS.items():
+        if names and name not in names:
+            continue
+        table[name] = {}
+        for quality in qualities:
+            sizes, scores, seconds = [], [], 0.0
+            for source in photos:
+                started = time.process_time()
+                data = encode(source.rgb, quality)
+                seconds += time.process_time() - started
+                sizes.append(len(data))
+                value = ssimulacra2(source.reference, _decoded(data))
+                scores.append(value)
+                if pairs_wanted and name not in ("jpeg/jpegli", "jpeg/turbo (before)"):
+                    pairs.setdefault(fmt, []).append((_sample_ssim(source.rgb, encode, quality), value))
+            table[name][str(quality)] = {"bytes": sizes, "score": scores, "encode_s": seconds}
+            log(
+                f"  {name:22s} q{quality:<3d} {sum(sizes) / 1e6:7.2f} MB, SSIMULACRA2 mean "
+                f"{statistics.fmean(scores):5.1f}, p5 {_percentile(scores, 5):5.1f}"
+            )
+    return {"table": table, "pairs": pairs}
+
+
+def _sample_ssim(im: Image.Image, encode: Encoder, quality: int) -> float:
+    sample = auto_quality.sample(im)
+    data = encode(sample, quality)
+    with Image.open(io.BytesIO(data)) as decoded:
+        return auto_quality.ssim(auto_quality._luma(sample), auto_quality._luma(decoded))
+
+
+def fit_calibration(pairs: list[tuple[float, float]], bins: int = 10) -> list[tuple[float, float]]:
+    """A monotone piecewise-linear map ssim -> SSIMULACRA2 through the medians of quantile
+    bins of the pairs, with fixed ends (0 -> -40, 1 -> 100)."""
+    ordered = sorted(pairs)
+    points = [(0.0, -40.0)]
+    size = max(1, len(ordered) // bins)
+    for start in range(0, len(ordered), size):
+        chunk = ordered[start : start + size]
+        x = statistics.median(p[0] for p in chunk)
+        y = statistics.median(p[1] for p in chunk)
+        if x > points[-1][0] + 1e-4:
+            points.append((round(x, 4), round(max(y, points[-1][1]), 2)))
+    if points[-1][0] < 1.0:
+        points.append((1.0, 100.0))
+    return points
+
+
+# --- 2. the JPEG default against the one before ---------------------------------------------
+
+
+def _interp_quality(qualities: list[int], values: list[float], target: float) -> float | None:
+    """The (fractional) quality at which `values` (increasing with quality) reaches target."""
+    for (q0, v0), (q1, v1) in zip(
+        zip(qualities, values, strict=True), list(zip(qualities, values, strict=True))[1:], strict=False
+    ):
+        if v0 <= target <= v1 and v1 > v0:
+            return q0 + (target - v0) * (q1 - q0) / (v1 - v0)
+    if values and values[0] >= target:
+        return float(qualities[0])
+    return None
+
+
+def jpeg_default(table: dict[str, Any], fine: dict[str, Any] | None) -> dict[str, Any]:
+    """Bytes of each JPEG encoder at the quality where its mean and 5th-percentile
+    SSIMULACRA2 both reach libjpeg-turbo's at quality 50, against libjpeg-turbo's bytes."""
+    base = table["jpeg/turbo (before)"].get("50")
+    if base is None:
+        return {}
+    target_mean, target_p5 = statistics.fmean(base["score"]), _percentile(base["score"], 5)
+    out: dict[str, Any] = {"turbo_q50": {"bytes": sum(base["bytes"]), "mean": target_mean, "p5": target_p5}}
+    for name in ("jpeg/tuned (default)", "jpeg/jpegli"):
+        rows = table[name]
+        qualities = sorted(int(q) for q in rows)
+        means = [statistics.fmean(rows[str(q)]["score"]) for q in qualities]
+        p5s = [_percentile(rows[str(q)]["score"], 5) for q in qualities]
+        needed = [_interp_quality(qualities, means, target_mean), _interp_quality(qualities, p5s, target_p5)]
+        if None in needed:
+            continue
+        quality = max(q for q in needed if q is not None)
+        sizes = [sum(rows[str(q)]["bytes"]) for q in qualities]
+        log_bytes = float(np.interp(quality, qualities, [math.log(s) for s in sizes]))
+        out[name] = {
+            "quality": quality,
+            "bytes": math.exp(log_bytes),
+            "saving": 1 - math.exp(log_bytes) / sum(base["bytes"]),
+        }
+    # The default itself, as shipped, at quality 50 (the map of TUNED_QUALITY applied).
+    if fine:
+        out["default_q50"] = fine
+    return out
+
+
+# --- 3. quality=auto ------------------------------------------------------------------------
+
+
+def auto_section(
+    photos: list[Source],
+    table: dict[str, Any],
+    levels: tuple[str, ...],
+    formats: tuple[str, ...],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    measured = photos
+    indexes = list(range(len(photos)))
+    rd_name = {"jpeg": "jpeg/tuned (default)", "webp": "webp", "avif": "avif (speed 8)"}
+    for fmt in formats:
+        for level in levels:
+            target = auto_quality.target_for(level)
+            options = CompressOptions(quality=level, output_format=fmt)
+            scores, sizes, chosen, seconds = [], [], [], 0.0
+            for source in measured:
+                started = time.process_time()
+                result = compress(source.data, options)
+                seconds += time.process_time() - started
+                sizes.append(len(result.data))
+                chosen.append(result.quality_chosen or 0)
+                scores.append(ssimulacra2(source.reference, _decoded(result.data)))
+            within = sum(1 for s in scores if abs(s - target) <= 3) / len(scores)
+            entry: dict[str, Any] = {
+                "target": target,
+                "within_3": within,
+                "mean_score": statistics.fmean(scores),
+                "p5_score": _percentile(scores, 5),
+                "bytes": sum(sizes),
+                "qualities": chosen,
+                "scores": scores,
+                "mp_per_s": sum(s.megapixels for s in measured) / seconds,
+            }
+            fixed = _fixed_reaching(table.get(rd_name[fmt], {}), indexes, target)
+            if fixed:
+                entry["fixed_quality_90"] = fixed["quality"]
+                entry["fixed_bytes"] = fixed["bytes"]
+                entry["saving_vs_fixed"] = 1 - sum(sizes) / fixed["bytes"]
+            out[f"{fmt}/{level}"] = entry
+            log(
+                f"  auto {fmt}/{level}: within +-3 of {target:.0f} on {within:.0%}, mean {entry['mean_score']:.1f}, "
+                f"{sum(sizes) / 1e6:.2f} MB"
+                + (f" vs {fixed['bytes'] / 1e6:.2f} MB at fixed q{fixed['quality']:.0f}" if fixed else "")
+            )
+    return out
+
+
+def _fixed_reaching(rows: dict[str, Any], indexes: list[int], target: float) -> dict[str, float] | None:
+    """The lowest single quality at which 90% of the images reach `target`, interpolated
+    per image on the rate-distortion grid, and the images' total bytes at it."""
+    if not rows:
+        return None
+    qualities = sorted(int(q) for q in rows)
+    needed = []
+    for i in indexes:
+        scores = [rows[str(q)]["score"][i] for q in qualities]
+        q = _interp_quality(qualities, scores, target)
+        needed.append(q if q is not None else math.inf)
+    quality = (
+        _percentile(needed, 90)
+        if all(math.isfinite(q) for q in needed)
+        else sorted(needed)[int(0.9 * (len(needed) - 1))]
+    )
+    if not math.isfinite(quality):
+        return None
+    total = 0.0
+    for i in indexes:
+        sizes = [math.log(rows[str(q)]["bytes"][i]) for q in qualities]
+        total += math.exp(float(np.interp(quality, qualities, sizes)))
+    return {"quality": quality, "bytes": total}
+
+
+# --- 4. throughput, 5. never larger ----------------------------------------------------------
+
+MODES: dict[str, CompressOptions] = {
+    "jpeg q50, tuned (default)": CompressOptions(),
+    "jpeg q50, turbo (before)": CompressOptions(jpeg_encoder="turbo"),
+    "jpeg q50, jpegli": CompressOptions(jpeg_encoder="jpegli"),
+    "webp q50": CompressOptions(output_format="webp"),
+    "avif q50": CompressOptions(output_format="avif"),
+    "jpeg auto": CompressOptions(quality="auto", output_format="jpeg"),
+    "webp auto": CompressOptions(quality="auto", output_format="webp"),
+    "avif auto": CompressOptions(quality="auto", output_format="avif"),
+    "auto format, auto": CompressOptions(output_format="auto"),
+}
+
+
+def throughput(photos: list[Source], modes: dict[str, CompressOptions], log: Callable[[str], None]) -> dict[str, Any]:
+    megapixels = sum(p.megapixels for p in photos)
+    out = {}
+    compress(photos[0].data)  # warm up
+    for name, options in modes.items():
+        started = time.process_time()
+        total = sum(len(compress(p.data, options).data) for p in photos)
+        seconds = time.process_time() - started
+        out[name] = {"mp_per_s": megapixels / seconds, "seconds": seconds, "bytes": total}
+        log(f"  {name:28s} {megapixels / seconds:6.1f} MP/s per core, {total / 1e6:6.2f} MB")
+    return out
+
+
+def never_larger(sources: list[Source], formats: tuple[str, ...]) -> dict[str, Any]:
+    larger: list[str] = []
+    candidates: dict[str, int] = {}
+    count = 0
+    for source in sources:
+        for fmt in formats:
+            options = CompressOptions(output_format=fmt) if fmt != "auto" else CompressOptions(output_format="auto")
+            result = compress(source.data, options)
+            count += 1
+            candidates[result.candidate] = candidates.get(result.candidate, 0) + 1
+            if len(result.data) > len(source.data):
+                larger.append(f"{source.name} -> {fmt}: {len(source.data)} -> {len(result.data)} ({result.candidate})")
+    return {"outputs": count, "larger": larger, "candidates": candidates}
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = results["rd"]["table"]
+    megapixels = results["measured_mp"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, rows in table.items():
+        qualities = sorted(int(q) for q in rows)
+        xs = [statistics.fmean(rows[str(q)]["score"]) for q in qualities]
+        ys = [sum(rows[str(q)]["bytes"]) * 8 / (megapixels * 1e6) for q in qualities]
+        ax.plot(xs, ys, marker="o", label=name)
+    for key, entry in results.get("auto", {}).items():
+        pixels = results["auto_mp"] * 1e6
+        ax.scatter([entry["mean_score"]], [entry["bytes"] * 8 / pixels], marker="*", s=120, zorder=5)
+        ax.annotate(
+            key,
+            (entry["mean_score"], entry["bytes"] * 8 / pixels),
+            fontsize=7,
+            xytext=(4, -8),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("SSIMULACRA2, mean over the photographs (higher is better)")
+    ax.set_ylabel("bits per pixel (lower is better)")
+    ax.set_title("Bytes against SSIMULACRA2, per encoder and format (stars: quality=auto)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict[str, Any], chart_name: str) -> str:
+    lines = [MARK_START, "## Encoders, formats and quality=auto (bench/quality.py)", ""]
+    lines.append(
+        f"{results['photos']} photographs ({results['photos_mp']:.1f} MP, the bench/corpus.py quick set: "
+        f"0.3-2 MP, JPEG q90-95 and PNG) and {results['graphics']} graphics (tests/graphics.py); "
+        f"Pillow {results['pillow']}, one process, CPU time; SSIMULACRA2 by bench/ssimulacra2.py. The JPEG "
+        f"default is measured on every photograph; the curves, auto and the throughput on the "
+        f"{results['measured_photos']} odd-numbered ones ({results['measured_mp']:.1f} MP; the calibration of "
+        "auto used the even ones); never-larger on everything."
+    )
+    lines += ["", f"![bytes against SSIMULACRA2]({chart_name})", "", "### Rate-distortion", ""]
+    lines.append("| encoder | quality | MB | bits/pixel | SSIMULACRA2 mean | p5 | encode MP/s |")
+    lines.append("|---|---|---|---|---|---|---|")
+    table = results["rd"]["table"]
+    for name, rows in table.items():
+        for q in sorted(rows, key=int):
+            row = rows[q]
+            total = sum(row["bytes"])
+            lines.append(
+                f"| {name} | {q} | {total / 1e6:.2f} | {total * 8 / (results['measured_mp'] * 1e6):.2f} | "
+                f"{statistics.fmean(row['score']):.1f} | {_percentile(row['score'], 5):.1f} | "
+                f"{results['measured_mp'] / row['encode_s']:.0f} |"
+            )
+    default = results.get("jpeg_default", {})
+    if default:
+        base = default["turbo_q50"]
+        lines += ["", "### The JPEG default against the encoder before", ""]
+        lines.append(
+            f"On the odd-numbered photographs, libjpeg-turbo at quality 50 (before): {base['bytes'] / 1e6:.2f} MB, "
+            f"mean {base['mean']:.1f}, p5 {base['p5']:.1f}. "
+            "Each encoder at the (interpolated) quality where both its mean and its 5th percentile reach those:"
+        )
+        lines += ["", "| encoder | quality | MB | bytes saved |", "|---|---|---|---|"]
+        for name in ("jpeg/tuned (default)", "jpeg/jpegli"):
+            if name in default:
+                e = default[name]
+                lines.append(f"| {name} | {e['quality']:.1f} | {e['bytes'] / 1e6:.2f} | {e['saving']:.1%} |")
+        if "default_q50" in default and "all_turbo_q50" in default:
+            e, b = default["default_q50"], default["all_turbo_q50"]
+            lines.append("")
+            lines.append(
+                f"**As shipped, on all {e['images']} photographs**: quality 50 before (libjpeg-turbo) "
+                f"{b['bytes'] / 1e6:.3f} MB, mean {b['mean']:.2f}, p5 {b['p5']:.2f}; now (tuned, jpegli table "
+                f"quality {e['table_quality']:.1f}) {e['bytes'] / 1e6:.3f} MB ({1 - e['bytes'] / b['bytes']:.1%} "
+                f"fewer bytes), mean {e['mean']:.2f}, p5 {e['p5']:.2f}."
+            )
+    if results.get("auto"):
+        lines += ["", "### quality=auto", ""]
+        lines.append(
+            "'fixed' is the lowest single quality that reaches the target on 90% of these images "
+            "(interpolated per image on the curves above), 'saved' the bytes of auto below it."
+        )
+        lines += [
+            "",
+            "| format/level | target | within ±3 | mean | p5 | MB | fixed quality | fixed MB | saved | MP/s |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for key, e in results["auto"].items():
+            lines.append(
+                f"| {key} | {e['target']:.0f} | {e['within_3']:.0%} | {e['mean_score']:.1f} | {e['p5_score']:.1f} | "
+                f"{e['bytes'] / 1e6:.2f} | {e.get('fixed_quality_90', math.nan):.0f} | "
+                f"{e.get('fixed_bytes', math.nan) / 1e6:.2f} | "
+                f"{e.get('saving_vs_fixed', math.nan):.1%} | {e['mp_per_s']:.1f} |"
+            )
+    if results.get("throughput"):
+        lines += ["", "### Throughput of compress() per mode (decode, candidates, encode; MP/s per core)", ""]
+        lines += ["| mode | MP/s | MB |", "|---|---|---|"]
+        for name, e in results["throughput"].items():
+            lines.append(f"| {name} | {e['mp_per_s']:.1f} | {e['bytes'] / 1e6:.2f} |")
+    if results.get("never_larger"):
+        e = results["never_larger"]
+        lines += ["", "### Never larger", ""]
+        lines.append(
+            f"{e['outputs']} outputs (every photograph and graphic in jpeg, webp, avif and auto): "
+            f"{len(e['larger'])} larger than the input. Candidates that won: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(e["candidates"].items()))
+            + "."
+        )
+        for line in e["larger"]:
+            lines.append(f"- {line}")
+    lines += ["", MARK_END]
+    return "\n".join(lines)
+
+
+def write_section(markdown_text: str, path: Path) -> None:
+    """Put the section into `path` (bench/results.md), replacing an earlier one."""
+    text = path.read_text() if path.is_file() else ""
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        text = head + markdown_text + tail
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + markdown_text + "\n"
+    path.write_text(text)
+
+
+def _at_q50(photos: list[Source], encoder: str) -> dict[str, Any]:
+    sizes, scores = [], []
+    for source in photos:
+        data = encoders.encode_jpeg(source.rgb, 50, encoder=encoder, meta=NO_META, icc=None)
+        sizes.append(len(data))
+        scores.append(ssimulacra2(source.reference, _decoded(data)))
+    return {
+        "table_quality": encoders.tuned_table_quality(50),
+        "bytes": sum(sizes),
+        "mean": statistics.fmean(scores),
+        "p5": _percentile(scores, 5),
+        "images": len(photos),
+    }
+
+
+def run(quick: bool, log: Callable[[str], None] = print, output_dir: Path | None = None) -> dict[str, Any]:
+    configure_pillow()
+    photos, graphic_sources = load_sources(quick)
+    qualities = QUICK_QUALITIES if quick else QUALITIES
+    results: dict[str, Any] = {
+        "photos": len(photos),
+        "photos_mp": sum(p.megapixels for p in photos),
+        "graphics": len(graphic_sources),
+        "pillow": Image.__version__,  # type: ignore[attr-defined]
+        "quick": quick,
+    }
+    # The goal of the JPEG default, on every photograph: quality 50 before and now.
+    before, now = _at_q50(photos, "turbo"), _at_q50(photos, "tuned")
+    log(
+        f"  jpeg q50: turbo {before['bytes'] / 1e6:.2f} MB mean {before['mean']:.2f} p5 {before['p5']:.2f}; "
+        f"tuned {now['bytes'] / 1e6:.2f} MB mean {now['mean']:.2f} p5 {now['p5']:.2f}"
+    )
+    # Curves, auto and throughput on the odd-numbered half (the calibration used the even one).
+    measured = photos[1::2] if len(photos) > 3 else photos
+    results["measured_photos"] = len(measured)
+    results["measured_mp"] = sum(p.megapixels for p in measured)
+    results["rd"] = rate_distortion(measured, qualities, log)
+    results["jpeg_default"] = jpeg_default(results["rd"]["table"], now)
+    results["jpeg_default"]["all_turbo_q50"] = before
+    levels = ("auto:good",) if quick else ("auto:high", "auto:good", "auto:eco")
+    formats = ("jpeg",) if quick else ("jpeg", "webp", "avif")
+    results["auto"] = auto_section(measured, results["rd"]["table"], levels, formats, log)
+    results["auto_mp"] = results["measured_mp"]
+    modes = {k: MODES[k] for k in ("jpeg q50, tuned (default)", "jpeg auto")} if quick else MODES
+    results["throughput"] = throughput(measured, modes, log)
+    results["never_larger"] = never_larger(photos + graphic_sources, ("jpeg", "webp", "avif", "auto"))
+    log(
+        f"  never larger: {len(results['never_larger']['larger'])} of "
+        f"{results['never_larger']['outputs']} outputs larger"
+    )
+    folder = output_dir or (HERE / "out" if quick else HERE)
+    folder.mkdir(parents=True, exist_ok=True)
+    slim = json.loads(json.dumps(results))
+    slim["rd"].pop("pairs", None)
+    (folder / ("quality-quick.json" if quick else "quality.json")).write_text(json.dumps(slim, indent=1))
+    chart_name = "quality-quick.png" if quick else "quality.png"
+    chart(results, folder / chart_name)
+    results["markdown"] = markdown(results, chart_name)
+    return results
+
+
+def calibrate(log: Callable[[str], None] = print) -> None:
+    """Fit imaging.quality.CALIBRATION on the even-numbered photographs and print it."""
+    configure_pillow()
+    photos, _ = load_sources(quick=False)
+    used = ("jpeg/tuned (default)", "webp", "avif (speed 8)")
+    data = rate_distortion(photos[::2], (20, 35, 50, 65, 80, 90), log, used, pairs_wanted=True)
+    fits = {fmt: fit_calibration(pairs) for fmt, pairs in data["pairs"].items()}
+    print("CALIBRATION = " + json.dumps(fits))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--calibrate", action="store_true")
+    args = parser.parse_args(argv)
+    if args.calibrate:
+        calibrate()
+        return 0
+    results = run(args.quick)
+    target = (HERE / "out" / "results-quality.md") if args.quick else HERE / "results.md"
+    write_section(results["markdown"], target)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
