@@ -30,6 +30,16 @@ class ImageprocConfig(AppConfig):
             sender=django_apps.get_app_config("django_q"),
             dispatch_uid="imageproc-sweeper-schedule",
         )
+        from django_q.signals import post_spawn
+
+        # Every worker process sweeps in turn, every IMAGE_SWEEP_SECONDS (pipeline.background).
+        post_spawn.connect(start_background_sweeper, dispatch_uid="imageproc-background-sweeper")
+
+
+def start_background_sweeper(**kwargs: Any) -> None:
+    from imageproc.pipeline.background import start_sweeping
+
+    start_sweeping()
 
 
 def ensure_sweeper_schedule(**kwargs: Any) -> None:

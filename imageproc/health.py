@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.files.storage import default_storage, storages
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django_q.brokers import get_broker
 from django_q.status import Stat
+
+from imageproc.storage import storage_ping
 
 
 def _check(fn: Any) -> dict[str, Any]:
@@ -34,12 +35,6 @@ def _database() -> None:
     else:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-
-
-def _storage() -> dict[str, Any]:
-    default_storage.exists("health-check")
-    # storages["default"] is the backend itself; default_storage is a lazy wrapper around it.
-    return {"backend": type(storages["default"]).__name__}
 
 
 def _broker() -> dict[str, Any]:
@@ -81,7 +76,7 @@ def workers_check() -> dict[str, Any]:
 def health(request: HttpRequest) -> JsonResponse:
     checks = {
         "database": _check(_database),
-        "storage": _check(_storage),
+        "storage": _check(storage_ping),
         "broker": _check(_broker),
         "workers": workers_check(),
     }

@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from django.conf import settings
 from django.core.files.base import File
 from storages.backends.s3 import S3Storage
@@ -31,6 +32,14 @@ CSV_CACHE_CONTROL = "no-cache"
 _client_lock = threading.Lock()
 
 
+# Uploads: fail fast enough to be retried by the pipeline (imageproc.pipeline.process), which
+# waits with backoff while S3 is down; botocore's defaults (60 s to connect, 60 s to read,
+# retried) could keep one upload past a task's time limit.
+UPLOAD_CONFIG = Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard", "max_attempts": 3})
+# The health check asks once and answers now.
+PING_CONFIG = Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "max_attempts": 1})
+
+
 def _pool_size(config: Config) -> int:
     # A kept-alive connection for each upload thread of a worker: urllib3 would close and
     # reopen those beyond botocore's default of 10.
@@ -39,6 +48,7 @@ def _pool_size(config: Config) -> int:
 
 class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships no type hints
     _shared_client: Any = None
+    _ping_client: Any = None
 
     def get_object_parameters(self, name: str) -> dict[str, Any]:
         params: dict[str, Any] = super().get_object_parameters(name)
@@ -57,10 +67,32 @@ class OutputS3Storage(S3Storage):  # type: ignore[misc]  # django-storages ships
                     region_name=self.region_name,
                     use_ssl=self.use_ssl,
                     endpoint_url=self.endpoint_url,
-                    config=self.client_config.merge(Config(max_pool_connections=_pool_size(self.client_config))),
+                    config=self.client_config.merge(UPLOAD_CONFIG).merge(
+                        Config(max_pool_connections=_pool_size(self.client_config))
+                    ),
                     verify=self.verify,
                 )
             return self._shared_client
+
+    def ping(self) -> None:
+        """One HEAD request to the bucket's endpoint, no retries: raises unless S3 answers
+        (a missing key is an answer)."""
+        with _client_lock:
+            if self._ping_client is None:
+                self._ping_client = self._create_session().client(
+                    "s3",
+                    region_name=self.region_name,
+                    use_ssl=self.use_ssl,
+                    endpoint_url=self.endpoint_url,
+                    config=self.client_config.merge(PING_CONFIG),
+                    verify=self.verify,
+                )
+            client = self._ping_client
+        try:
+            client.head_object(Bucket=self.bucket_name, Key=self._normalize_name(clean_name("health-check")))
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise
 
     def url(
         self, name: str, parameters: dict[str, Any] | None = None, expire: int | None = None, http_method: Any = None

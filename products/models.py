@@ -45,11 +45,22 @@ class ProductImage(models.Model):
     source_key = models.CharField(max_length=64)
 
     status = models.CharField(max_length=16, choices=ImageStatus.choices, default=ImageStatus.PENDING)
+    # Claims that ended in a crash or a timeout (capped by IMAGE_MAX_ATTEMPTS). A claim
+    # given back because a dependency was briefly down does not count.
     attempts = models.PositiveSmallIntegerField(default=0)
     # Set by the task that claimed the image; only that task may record its result.
     claim_token = models.CharField(max_length=32, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # The claim's lease: the live worker holding it renews it while it works; the sweeper
+    # takes back a `processing` image whose lease has run out (its worker is dead).
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # A `pending` image set aside after a transient error (origin or storage down) is
+    # queued again from then on, by the sweeper.
+    retry_at = models.DateTimeField(null=True, blank=True)
+    # Transient errors of the origin so far (capped by FETCH_RETRY_MAX); the last one is
+    # in error_code and error_message until the image ends.
+    transient_errors = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     error_code = models.CharField(max_length=64, blank=True)
@@ -76,6 +87,8 @@ class ProductImage(models.Model):
             models.Index(fields=["request", "status"], name="image_request_status"),
             models.Index(fields=["product", "position"], name="image_product_position"),
             models.Index(fields=["status", "claimed_at"], name="image_status_claimed"),
+            models.Index(fields=["status", "lease_until"], name="image_status_lease"),
+            models.Index(fields=["status", "retry_at"], name="image_status_retry"),
             models.Index(fields=["claim_token"], name="image_claim_token"),
         ]
 

@@ -91,6 +91,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The database or Redis down: 503 with a clear message (imageproc/outage.py).
+    "imageproc.outage.DependencyOutageMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -331,21 +333,46 @@ IMAGE_PREFETCH_BYTES = _env_int("IMAGE_PREFETCH_BYTES", 16 * 1024 * 1024, minimu
 # A task whose own batch is under way claims more pending images of its request for this
 # long, so that workers never wait at batch boundaries (0: never).
 IMAGE_STEAL_SECONDS = _env_int("IMAGE_STEAL_SECONDS", Q_TIMEOUT // 4, minimum=0)
-# An image still `processing` after this long belongs to a dead worker: the sweeper re-queues it.
+# A claim carries a lease of this many seconds, which the worker holding it renews every
+# quarter of it while it works (slow or not): the sweeper takes back an image whose lease
+# ran out, so a dead worker's images are back in the queue within about this plus one
+# IMAGE_SWEEP_SECONDS. A stall longer than the lease (a paused machine) costs a duplicate run.
+IMAGE_LEASE_SECONDS = _env_int("IMAGE_LEASE_SECONDS", 30, minimum=2)
+# Every worker process takes its turn at the sweeper: one of them sweeps every this many
+# seconds (a cache lock elects it), besides the scheduled sweep every SWEEP_INTERVAL_MINUTES.
+IMAGE_SWEEP_SECONDS = _env_float("IMAGE_SWEEP_SECONDS", 10.0)
+# A claim without a lease (made by a worker of an earlier version) is stale after this long.
 IMAGE_STALE_AFTER = _env_int("IMAGE_STALE_AFTER", Q_TIMEOUT + 60, minimum=1)
 # Pending images this old whose task the broker no longer holds are re-queued by the sweeper.
 IMAGE_ORPHAN_AFTER = _env_int("IMAGE_ORPHAN_AFTER", 60, minimum=1)
 SWEEP_INTERVAL_MINUTES = _env_int("SWEEP_INTERVAL_MINUTES", 1, minimum=1)
-# TEST ONLY, empty (off) in every real deployment: a worker that claims an image whose URL
-# contains this string exits at once (os._exit), as an OOM kill or a segfault would
-# (tests/test_crash.py).
-IMAGEPROC_CRASH_ON_URL_SUBSTRING = env.str("IMAGEPROC_CRASH_ON_URL_SUBSTRING", default="")
+# The database unreachable in the middle of a task (a restart, a fail-over): its reads and
+# writes are tried again for this long before the task gives up (then the lease runs out
+# and the sweeper takes the images back).
+IMAGE_DB_RETRY_SECONDS = _env_int("IMAGE_DB_RETRY_SECONDS", 60, minimum=0)
+# Storage down (5xx, throttling, refused or reset connections, timeouts): an upload is tried
+# again with backoff for this long in its task; then the image is set aside and queued
+# again later, its attempts untouched. Storage trouble never fails an image for good.
+STORAGE_RETRY_SECONDS = _env_int("STORAGE_RETRY_SECONDS", 60, minimum=0)
+STORAGE_RETRY_LATER = _env_float("STORAGE_RETRY_LATER", 30.0)
 
 FETCH_ALLOWED_NETWORKS = env.str("FETCH_ALLOWED_NETWORKS", default="")
 FETCH_CONNECT_TIMEOUT = _env_float("FETCH_CONNECT_TIMEOUT", 5.0)
 FETCH_TOTAL_TIMEOUT = _env_float("FETCH_TOTAL_TIMEOUT", 30.0)
 FETCH_MAX_REDIRECTS = _env_int("FETCH_MAX_REDIRECTS", 3, minimum=0, maximum=10)
 FETCH_USER_AGENT = env.str("FETCH_USER_AGENT", default="imageproc/1.0 (+image-processing-service)")
+# An origin's transient errors (timeouts, refused or reset connections, DNS, HTTP 5xx, 408,
+# 429): the image is set aside and fetched again after FETCH_RETRY_BASE, then twice as long
+# each time (at most FETCH_RETRY_MAX_DELAY, or the origin's Retry-After up to that), at most
+# FETCH_RETRY_MAX times; the next one fails it. While an origin is failing, its other images
+# wait for the same delay without trying it. Permanent errors (404, not an image) are final.
+FETCH_RETRY_MAX = _env_int("FETCH_RETRY_MAX", 5, minimum=0)
+FETCH_RETRY_BASE = _env_float("FETCH_RETRY_BASE", 2.0)
+FETCH_RETRY_MAX_DELAY = _env_float("FETCH_RETRY_MAX_DELAY", 60.0)
+# Downloads from one host at once, over every worker (a cache counter): a slow origin holds
+# at most this many download threads; a worker that finds its host full sets those images
+# aside for a moment and goes on with the others.
+FETCH_PER_HOST = _env_int("FETCH_PER_HOST", 16, minimum=1)
 
 # --- Webhooks (Standard Webhooks 1.0; requests_app/services/webhooks.py) -----------------------------
 

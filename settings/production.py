@@ -23,8 +23,6 @@ ALLOWED_HOSTS = [h.strip() for h in _required("ALLOWED_HOSTS").split(",") if h.s
 PUBLIC_BASE_URL = _required("PUBLIC_BASE_URL").rstrip("/")
 if not PUBLIC_BASE_URL.startswith("https://"):
     raise ImproperlyConfigured("PUBLIC_BASE_URL must be an https:// URL in production")
-if env.str("IMAGEPROC_CRASH_ON_URL_SUBSTRING", default=""):
-    raise ImproperlyConfigured("IMAGEPROC_CRASH_ON_URL_SUBSTRING is a test hook; it must not be set in production")
 
 # TLS is terminated by the proxy in front of us, which sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

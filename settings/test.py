@@ -33,6 +33,11 @@ MEDIA_ROOT = VAR_DIR / f"test-media-{_worker}"
 # Test image servers listen on loopback; production never exempts it.
 FETCH_ALLOWED_NETWORKS = os.environ.get("FETCH_ALLOWED_NETWORKS", "127.0.0.2/32")
 FETCH_TOTAL_TIMEOUT = 5.0
+# An origin's transient error fails the image at once in the in-process suite (its tests of
+# each error code expect it); tests/test_pipeline.py and tests/test_outages.py turn retries on.
+FETCH_RETRY_MAX = 0
+STORAGE_RETRY_SECONDS = 0
+IMAGE_DB_RETRY_SECONDS = 0
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 
 # No collected static files in tests.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db.models import F
@@ -15,6 +16,8 @@ from django_q.tasks import async_task
 
 from imageproc.engine import csv_io
 from imageproc.engine.naming import csv_output_name
+from imageproc.pipeline.transient import retry_call
+from imageproc.storage import storage_error_is_transient
 from requests_app.models import ProcessingRequest, RequestStatus
 from requests_app.selectors import request_output_rows
 from requests_app.services import webhooks
@@ -34,12 +37,21 @@ def request_try_finalize(*, request_id: Any, here: bool = False) -> bool:
     if won and here:
         try:
             request_finalize(request_id=request_id)
-        except Exception:  # S3 or the database failed: the queue retries it
+        except Exception:  # S3 or the database still down after their retries
             logger.exception("request %s: finalisation failed; queued to be tried again", request_id)
-            async_task("imageproc.tasks.finalize_request", str(request_id))
+            _queue_finalize(request_id)
     elif won:
-        async_task("imageproc.tasks.finalize_request", str(request_id))
+        _queue_finalize(request_id)
     return bool(won)
+
+
+def _queue_finalize(request_id: Any) -> None:
+    try:
+        async_task("imageproc.tasks.finalize_request", str(request_id))
+    except Exception:
+        # The broker is down too. The request stays `finalizing`; the sweeper runs its
+        # finalisation again once it has been quiet for IMAGE_LEASE_SECONDS.
+        logger.exception("request %s: could not queue its finalisation; the sweeper will run it", request_id)
 
 
 def request_finalize(*, request_id: Any) -> str | None:
@@ -50,9 +62,16 @@ def request_finalize(*, request_id: Any) -> str | None:
         return None
     name = csv_output_name(request.pk)
     content = "".join(csv_io.render_output(request_output_rows(request=request))).encode("utf-8")
-    csv_file = ContentFile(content, name=name)
-    csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
-    saved = default_storage.save(name, csv_file)
+
+    def save() -> str:
+        csv_file = ContentFile(content, name=name)
+        csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
+        return default_storage.save(name, csv_file)
+
+    # The storage briefly down: tried again with backoff, as image uploads are.
+    saved = retry_call(
+        save, transient=storage_error_is_transient, budget=settings.STORAGE_RETRY_SECONDS, what=f"storing {name}"
+    )
     final = request.final_status()
     now = timezone.now()
     changed = ProcessingRequest.objects.filter(pk=request.pk, status=RequestStatus.FINALIZING).update(

@@ -4,17 +4,23 @@ results as they land.
 The database is the source of truth and the queue only a trigger. Every step is a
 conditional UPDATE that checks how many rows it changed, so a task delivered twice, or a
 sweeper re-queueing work a live worker still holds, changes nothing twice.
+
+Dependencies that are briefly down cost time, not images: an origin's transient error sets
+the image aside to be fetched again later (FETCH_RETRY_MAX times at most), an upload is
+tried again while the storage is down, the database's reads and writes while it restarts
+(imageproc.pipeline.transient); none of it spends the image's attempts, which count the
+crashes and timeouts of its workers.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -26,9 +32,21 @@ from django.utils import timezone
 from imageproc.engine.compress import CompressOptions, CompressResult, ImageRejected, compress
 from imageproc.engine.http import FetchError, FetchPolicy, FetchResult, fetch_image
 from imageproc.engine.naming import image_output_name
+from imageproc.pipeline import hosts
 from imageproc.pipeline.finalize import request_try_finalize
-from imageproc.pipeline.records import Group, record_done, record_failed
+from imageproc.pipeline.leases import holding, lease_end
+from imageproc.pipeline.records import Group, pending_due, record_done, record_failed, record_set_aside
 from imageproc.pipeline.resources import fetch_policy, io_pools, trim_malloc
+from imageproc.pipeline.transient import (
+    backoff,
+    db_is_transient,
+    describe,
+    fetch_is_transient,
+    fetch_retry_after,
+    retry_call,
+    with_db_retry,
+)
+from imageproc.storage import storage_error_is_transient
 from products.models import ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest, RequestStatus
 
@@ -50,18 +68,44 @@ def _ms(start: float) -> int:
 
 
 def _timed_fetch(url: str, policy: FetchPolicy) -> tuple[FetchResult, int]:
-    start = time.perf_counter()
-    return fetch_image(url, policy=policy), _ms(start)
+    """Download in a thread of the pool, within the host's limits (imageproc.pipeline.hosts):
+    raises HostBusy without asking a host that is full or paused, and pauses a host that
+    answers with a transient error."""
+    host = hosts.host_of(url)
+    retrying = settings.FETCH_RETRY_MAX > 0
+    if retrying and (paused := hosts.paused_for(host)):
+        raise hosts.HostBusy(host, paused, "the host failed a moment ago")
+    slot = hosts.acquire(host)
+    try:
+        start = time.perf_counter()
+        try:
+            return fetch_image(url, policy=policy), _ms(start)
+        except FetchError as exc:
+            if retrying and fetch_is_transient(exc):
+                hosts.pause(
+                    host, min(fetch_retry_after(exc) or settings.FETCH_RETRY_BASE, settings.FETCH_RETRY_MAX_DELAY)
+                )
+            raise
+    finally:
+        hosts.release(slot)
 
 
 def _timed_store(request_id: Any, key: str, result: CompressResult) -> tuple[str, int]:
+    """Upload in a thread of the pool. While the storage is down, the upload is tried again
+    with backoff for STORAGE_RETRY_SECONDS; then the last error goes up."""
     # Named here, in an upload thread: the name hashes the output's bytes, work the
     # compressing thread need not wait for.
     start = time.perf_counter()
     name = image_output_name(request_id, key, result.data, result.extension)
-    content = ContentFile(result.data, name=name)
-    content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
-    saved = default_storage.save(name, content)
+
+    def save() -> str:
+        content = ContentFile(result.data, name=name)
+        content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
+        return default_storage.save(name, content)
+
+    saved = retry_call(
+        save, transient=storage_error_is_transient, budget=settings.STORAGE_RETRY_SECONDS, what=f"storing {name}"
+    )
     return saved, _ms(start)
 
 
@@ -77,26 +121,33 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
     """
     token = uuid.uuid4().hex
     now = timezone.now()
-    claimed = ProductImage.objects.filter(pk__in=image_ids, status=ImageStatus.PENDING).update(
-        status=ImageStatus.PROCESSING, claim_token=token, claimed_at=now, attempts=F("attempts") + 1
-    )
-    if not claimed:
+
+    def claim() -> tuple[list[Group], bool]:
+        ProductImage.objects.filter(pending_due(now), pk__in=image_ids).update(
+            status=ImageStatus.PROCESSING,
+            claim_token=token,
+            claimed_at=now,
+            lease_until=lease_end(now),
+            attempts=F("attempts") + 1,
+        )
+        # Read back by token, not by the count: after a lost answer to a commit, the
+        # UPDATE run again changes nothing, and the images are ours all the same.
+        return _claimed_groups(ProductImage.objects.filter(claim_token=token))
+
+    groups, retried = with_db_retry(claim, what=f"request {request_id}: claiming a batch")
+    if not groups:
         # Delivered twice, or the sweeper re-queued what another worker already holds.
-        request_try_finalize(request_id=request_id, here=True)
+        _try_finalize(request_id)
         return
-    ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.PENDING).update(
-        status=RequestStatus.PROCESSING, started_at=now, updated_at=now
-    )
-    request = ProcessingRequest.objects.only("quality", "output_format").get(pk=request_id)
-    options = CompressOptions(
-        quality=request.quality, output_format=request.output_format, max_pixels=settings.IMAGE_MAX_PIXELS
-    )
-    groups, retried = _claimed_groups(ProductImage.objects.filter(claim_token=token))
-    _crash_hook(groups)
-    # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
-    # the worker again, it must not take images it stole with it.
-    stream = _Stream(request_id, token, options, groups, steal=not retried)
-    stream.run()
+    with holding(token):
+        request = with_db_retry(lambda: _start_request(request_id, now), what=f"request {request_id}: starting")
+        options = CompressOptions(
+            quality=request.quality, output_format=request.output_format, max_pixels=settings.IMAGE_MAX_PIXELS
+        )
+        # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
+        # the worker again, it must not take images it stole with it.
+        stream = _Stream(request_id, token, options, groups, steal=not retried)
+        stream.run()
     logger.info(
         "request %s: %d URLs in %.2f s, the compressor idle %.2f s of it",
         request_id,
@@ -104,22 +155,37 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
         time.monotonic() - stream.started,
         stream.waited,
     )
-    request_try_finalize(request_id=request_id, here=True)
+    _try_finalize(request_id)
+
+
+def _start_request(request_id: Any, now: Any) -> ProcessingRequest:
+    ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.PENDING).update(
+        status=RequestStatus.PROCESSING, started_at=now, updated_at=now
+    )
+    return ProcessingRequest.objects.only("quality", "output_format").get(pk=request_id)
+
+
+def _try_finalize(request_id: Any) -> None:
+    with_db_retry(
+        lambda: request_try_finalize(request_id=request_id, here=True), what=f"request {request_id}: finalising"
+    )
 
 
 def _claimed_groups(images: Any) -> tuple[list[Group], bool]:
     """The claimed images grouped by source URL, and whether any of them is a retry."""
     # order_by(): Meta.ordering (product, then its request) would join two more tables or
     # collections into a read that needs only this one (tests/test_mongo_offline.py).
-    rows = list(images.order_by().values_list("id", "source_url", "source_key", "attempts"))
-    return _grouped(rows), any(row[3] > 1 for row in rows)
+    rows = list(images.order_by().values_list("id", "source_url", "source_key", "transient_errors", "attempts"))
+    return _grouped(rows), any(row[4] > 1 for row in rows)
 
 
 def _grouped(rows: Iterable[Sequence[Any]]) -> list[Group]:
-    """(image id, source URL, source key, ...) rows as one group per source URL."""
+    """(image id, source URL, source key, transient errors, ...) rows as one group per URL."""
     groups: dict[str, Group] = {}
-    for image_id, url, key, *_ in rows:
-        groups.setdefault(key, Group(url=url, key=key)).ids.append(image_id)
+    for image_id, url, key, transient_errors, *_ in rows:
+        group = groups.setdefault(key, Group(url=url, key=key))
+        group.ids.append(image_id)
+        group.transient_errors = max(group.transient_errors, transient_errors)
     return list(groups.values())
 
 
@@ -153,6 +219,7 @@ class _Stream:
         self.steal_until = self.started + settings.IMAGE_STEAL_SECONDS if steal else 0.0
         self.fetch_pool, self.store_pool = io_pools()
         self.waited = 0.0  # seconds the compressor had nothing to do
+        self.set_aside = 0  # URLs given back after a transient error
         self.recorded = self.started  # when results were last written to the database
         self.policy = fetch_policy()
 
@@ -200,7 +267,21 @@ class _Stream:
         can be downloaded now) near the request's end. False when there are none."""
         if time.monotonic() > self.steal_until:
             return False
-        pending = ProductImage.objects.filter(request_id=self.request_id, status=ImageStatus.PENDING, attempts=0)
+        try:
+            return self._try_steal(room)
+        except Exception as exc:
+            if not db_is_transient(exc):
+                raise
+            # The database is away: finish what this task holds, take nothing more.
+            logger.warning("request %s: stopped claiming more images: %s", self.request_id, exc)
+            self.steal_until = 0.0
+            return False
+
+    def _try_steal(self, room: int) -> bool:
+        # First attempts only, never set aside (those wait for their time, then their task).
+        pending = ProductImage.objects.filter(
+            request_id=self.request_id, status=ImageStatus.PENDING, attempts=0, retry_at__isnull=True
+        )
         ahead = list(pending.order_by().values_list("source_key", flat=True)[:STEAL_LOOKAHEAD])
         urls = STEAL_URLS if len(ahead) == STEAL_LOOKAHEAD else min(room, STEAL_URLS)
         keys: list[str] = []
@@ -213,10 +294,19 @@ class _Stream:
             self.steal_until = 0.0
             return False
         # Every copy of these URLs, so that each is still fetched once.
-        rows = list(pending.filter(source_key__in=keys).order_by().values_list("id", "source_url", "source_key"))
+        rows = list(
+            pending.filter(source_key__in=keys)
+            .order_by()
+            .values_list("id", "source_url", "source_key", "transient_errors")
+        )
         ids = [row[0] for row in rows]
-        claimed = ProductImage.objects.filter(pk__in=ids, status=ImageStatus.PENDING).update(
-            status=ImageStatus.PROCESSING, claim_token=self.token, claimed_at=timezone.now(), attempts=F("attempts") + 1
+        now = timezone.now()
+        claimed = ProductImage.objects.filter(pk__in=ids, status=ImageStatus.PENDING, retry_at__isnull=True).update(
+            status=ImageStatus.PROCESSING,
+            claim_token=self.token,
+            claimed_at=now,
+            lease_until=lease_end(now),
+            attempts=F("attempts") + 1,
         )
         if claimed == len(ids):  # all ours: no need to read them back
             taken = _grouped(rows)
@@ -224,7 +314,6 @@ class _Stream:
             taken, _ = _claimed_groups(ProductImage.objects.filter(pk__in=ids, claim_token=self.token))
         else:
             return True  # another worker was quicker: the caller looks again
-        _crash_hook(taken)
         self.todo.extend(taken)
         return True
 
@@ -259,8 +348,22 @@ class _Stream:
                 group = self.fetching.pop(future)
                 try:
                     fetched, group.fetch_ms = future.result()
+                except hosts.HostBusy as exc:
+                    self._set_aside(group, exc.delay, "host_busy", f"Waiting for the host: {exc}", spent=False)
+                    continue
                 except FetchError as exc:
-                    record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+                    if fetch_is_transient(exc) and group.transient_errors < settings.FETCH_RETRY_MAX:
+                        delay = max(
+                            backoff(
+                                group.transient_errors + 1,
+                                base=settings.FETCH_RETRY_BASE,
+                                cap=settings.FETCH_RETRY_MAX_DELAY,
+                            ),
+                            min(fetch_retry_after(exc) or 0.0, settings.FETCH_RETRY_MAX_DELAY),
+                        )
+                        self._set_aside(group, delay, exc.code, exc.message, spent=True)
+                    else:
+                        record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
                     continue
                 except Exception as exc:
                     logger.exception("image %s failed at fetch", group.url)
@@ -278,11 +381,17 @@ class _Stream:
                 try:
                     group.name, group.store_ms = future.result()
                 except Exception as exc:
-                    logger.exception("image %s failed at store", group.url)
-                    record_failed(
-                        self.request_id, self.token, group.ids, "storage_error", f"{type(exc).__name__}: {exc}"
-                    )
                     group.result = None
+                    if storage_error_is_transient(exc):
+                        # Still down after STORAGE_RETRY_SECONDS: again later, from the download.
+                        logger.warning("image %s: the storage is unavailable (%s); set aside", group.url, describe(exc))
+                        message = f"The storage is unavailable: {describe(exc)}"
+                        self._set_aside(
+                            group, settings.STORAGE_RETRY_LATER, "storage_unavailable", message, spent=False
+                        )
+                    else:
+                        logger.exception("image %s failed at store", group.url)
+                        record_failed(self.request_id, self.token, group.ids, "storage_error", describe(exc))
                     continue
                 self.finished.append(group)
 
@@ -294,11 +403,10 @@ class _Stream:
             self.finished = []
             self.recorded = time.monotonic()
 
-
-def _crash_hook(groups: Iterable[Group]) -> None:
-    """TEST ONLY (IMAGEPROC_CRASH_ON_URL_SUBSTRING, empty in real deployments): die holding
-    the claim, as a worker killed by the OOM killer or a segfaulting decoder would."""
-    marker = settings.IMAGEPROC_CRASH_ON_URL_SUBSTRING
-    if marker and any(marker in group.url for group in groups):
-        logger.critical("IMAGEPROC_CRASH_ON_URL_SUBSTRING matched: this worker exits now (test hook)")
-        os._exit(1)
+    def _set_aside(self, group: Group, delay: float, code: str, message: str, *, spent: bool) -> None:
+        """Give the group's images back, to be queued again in `delay` seconds."""
+        retry_at = timezone.now() + timedelta(seconds=delay)
+        record_set_aside(
+            self.request_id, self.token, group.ids, retry_at=retry_at, code=code, message=message, spent=spent
+        )
+        self.set_aside += 1

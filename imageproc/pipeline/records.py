@@ -1,5 +1,10 @@
 """Recording results: every image leaves `processing` through one of these conditional
-UPDATEs, under the claim token of the task that holds it, and counts itself on its request.
+UPDATEs, under the claim token of the task that holds it, and counts itself on its request
+(or, set aside after a transient error, goes back to `pending` uncounted).
+
+Each is safe to run twice, which is what lets them be tried again when the database drops
+the connection in the middle (with_db_retry): a commit whose answer was lost leaves the
+second run nothing to change.
 """
 
 from __future__ import annotations
@@ -7,13 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from imageproc.engine.compress import CompressResult
+from imageproc.pipeline.transient import with_db_retry
 from products.models import ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest
 
@@ -21,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 ERROR_MESSAGE_MAX = 500
+
+
+def pending_due(now: datetime) -> Q:
+    """Pending images that may be claimed now: not set aside until later."""
+    return Q(status=ImageStatus.PENDING) & (Q(retry_at__isnull=True) | Q(retry_at__lte=now))
 
 
 @dataclass
@@ -36,10 +48,18 @@ class Group:
     compress_ms: int = 0
     store_ms: int = 0
     name: str = ""
+    # Transient errors of its origin so far (the same for every copy of the URL).
+    transient_errors: int = 0
 
 
 def record_done(request_id: Any, token: str, groups: list[Group]) -> None:
     """Mark stored images done and count them, in one short transaction for them all."""
+    with_db_retry(lambda: _record_done(request_id, token, groups), what=f"request {request_id}: recording results")
+    for group in groups:
+        group.result = None  # the bytes are stored: let them go
+
+
+def _record_done(request_id: Any, token: str, groups: list[Group]) -> None:
     now = timezone.now()
     done = bytes_in = bytes_out = 0
     with transaction.atomic():
@@ -67,7 +87,6 @@ def record_done(request_id: Any, token: str, groups: list[Group]) -> None:
             done += changed
             bytes_in += changed * group.bytes_in
             bytes_out += changed * len(result.data)
-            group.result = None  # the bytes are stored: let them go
         if done:
             ProcessingRequest.objects.filter(pk=request_id).update(
                 images_done=F("images_done") + done,
@@ -79,6 +98,13 @@ def record_done(request_id: Any, token: str, groups: list[Group]) -> None:
 
 def record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: str, message: str) -> int:
     """Move images still held under `token` to `failed` and count them."""
+    return with_db_retry(
+        lambda: _record_failed(request_id, token, image_ids, code, message),
+        what=f"request {request_id}: recording a failure",
+    )
+
+
+def _record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: str, message: str) -> int:
     now = timezone.now()
     images = ProductImage.objects.filter(pk__in=image_ids, claim_token=token, status=ImageStatus.PROCESSING)
     with transaction.atomic():
@@ -93,3 +119,33 @@ def record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: s
                 images_failed=F("images_failed") + changed, updated_at=now
             )
     return changed
+
+
+def record_set_aside(
+    request_id: Any,
+    token: str,
+    image_ids: Sequence[Any],
+    *,
+    retry_at: datetime,
+    code: str,
+    message: str,
+    spent: bool,
+) -> int:
+    """Give images still held under `token` back, to be queued again at `retry_at` (by the
+    sweeper): a dependency was briefly down. The claim does not count as an attempt;
+    `spent` counts it as one of the origin's FETCH_RETRY_MAX transient errors. The error
+    stays on the row, for whoever looks, until the image ends."""
+    images = ProductImage.objects.filter(pk__in=image_ids, claim_token=token, status=ImageStatus.PROCESSING)
+    fields: dict[str, Any] = {
+        "status": ImageStatus.PENDING,
+        "claim_token": "",
+        "lease_until": None,
+        "queued_at": None,
+        "retry_at": retry_at,
+        "attempts": F("attempts") - 1,
+        "error_code": code[:64],
+        "error_message": message[:ERROR_MESSAGE_MAX],
+    }
+    if spent:
+        fields["transient_errors"] = F("transient_errors") + 1
+    return with_db_retry(lambda: images.update(**fields), what=f"request {request_id}: setting images aside")

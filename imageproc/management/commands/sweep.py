@@ -1,9 +1,9 @@
 """`manage.py sweep`: run the sweeper now, once or every few seconds.
 
-The qclusters already run it every SWEEP_INTERVAL_MINUTES from django-q2's scheduler, whose
-granularity is a minute (and whose guard checks schedules about every 30 s). `--every`
-runs the same service in a loop, for an operator who wants crashed work picked up sooner,
-and for the crash tests, which compress minutes into seconds.
+The qclusters already run it: one worker process of the deployment every IMAGE_SWEEP_SECONDS
+(imageproc.pipeline.background), and every SWEEP_INTERVAL_MINUTES from django-q2's
+scheduler. `--every` runs the same service in a loop, for an operator who wants it from a
+process of its own, and for the crash tests, which compress seconds further.
 """
 
 from __future__ import annotations
@@ -43,9 +43,17 @@ class Command(BaseCommand):
             signal.signal(signal.SIGINT, request_stop)
             signal.signal(signal.SIGTERM, request_stop)
         while True:
-            report = sweep()
-            if report or not every:
-                self.stdout.write(f"sweep: {report}")
+            try:
+                report = sweep()
+            except Exception as exc:
+                # sweep() contains the failures of its parts; a loop must outlive anything else
+                # too (the database restarting, say): it sweeps again next time.
+                if not every:
+                    raise
+                self.stderr.write(f"sweep failed: {type(exc).__name__}: {exc}")
+            else:
+                if report or not every:
+                    self.stdout.write(f"sweep: {report}")
             if not every or stop.wait(every):
                 break
             # A long-running process: drop connections the database may have closed.
