@@ -4,16 +4,20 @@ request, and check that nothing is lost and nothing is done twice.
 Runs on the lane E2E_LANE names: SQLite + ORM broker + local files with one qcluster
 (`make test`), or PostgreSQL + Redis + S3 with two qclusters (`make test-scale`).
 
-Timings are compressed through the environment (IMAGE_STALE_AFTER, IMAGE_ORPHAN_AFTER,
-Q_TIMEOUT, IMAGE_MAX_ATTEMPTS). The sweeper normally runs from django-q2's scheduler every
-SWEEP_INTERVAL_MINUTES, a minute at the least, and the scheduler itself is only looked at
-about every 30 s; so each test runs `manage.py sweep --every 0.5` beside the clusters, the
-same service function on a shorter period.
+Workers are killed from outside, as the OOM killer or a dying machine would: SIGKILL to a
+worker process that `ps` shows running a batch, or to the one holding a download of the
+image server open (found from the connection's socket in /proc).
+
+Most tests compress the timings through the environment (IMAGE_LEASE_SECONDS,
+IMAGE_ORPHAN_AFTER, Q_TIMEOUT, IMAGE_MAX_ATTEMPTS) and run `manage.py sweep --every 0.5`
+beside the clusters, the same service function on a shorter period than the workers' own
+(IMAGE_SWEEP_SECONDS); one test keeps every default and measures what a crash costs then.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -49,17 +53,16 @@ from tests.conftest import (
 )
 from tests.lanes import alive, cmdline
 
-# The sweeper's thresholds, compressed. IMAGE_STALE_AFTER must stay above the longest
-# legitimate batch (here about a second), or the sweeper would re-queue live work.
 FAST = {
-    "IMAGE_STALE_AFTER": "5",
-    "IMAGE_ORPHAN_AFTER": "3",
     "IMAGE_BATCH_SIZE": "4",
     # Two downloads in flight per worker: a 100-image request lasts seconds, not one.
     "IMAGE_IO_THREADS": "2",
     "Q_WORKERS": "2",
     "UPLOAD_THROTTLE_RATE": "1000/min",
 }
+# The sweeper's thresholds, compressed. A live worker renews its leases every quarter of
+# IMAGE_LEASE_SECONDS, however long its batch takes.
+COMPRESSED = {"IMAGE_LEASE_SECONDS": "3", "IMAGE_ORPHAN_AFTER": "3"}
 SWEEP_EVERY = "0.5"
 FINISHED = ("completed", "completed_with_errors", "failed")
 
@@ -126,23 +129,29 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @contextmanager
-def workers_running(stack: Stack, extra_env: dict[str, str] | None = None) -> Iterator[list[Any]]:
-    """The lane's qclusters and a sweeper loop, all with the same environment, for one test."""
-    env = {**FAST, **(extra_env or {})}
+def workers_running(
+    stack: Stack, extra_env: dict[str, str] | None = None, *, compressed: bool = True
+) -> Iterator[list[Any]]:
+    """The lane's qclusters, all with the same environment, for one test; with `compressed`,
+    short sweeper thresholds and a sweeper loop beside them, else the defaults alone."""
+    env = {**FAST, **(COMPRESSED if compressed else {}), **(extra_env or {})}
     clusters = [stack.start_cluster(env) for _ in range(cluster_count())]
-    sweeper = subprocess.Popen(
-        [sys.executable, "manage.py", "sweep", "--every", SWEEP_EVERY],
-        cwd=ROOT,
-        env={**stack.env, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=(stack.log.parent / "sweeper.log").open("ab"),
-    )
+    sweeper = None
+    if compressed:
+        sweeper = subprocess.Popen(
+            [sys.executable, "manage.py", "sweep", "--every", SWEEP_EVERY],
+            cwd=ROOT,
+            env={**stack.env, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=(stack.log.parent / "sweeper.log").open("ab"),
+        )
     try:
         assert wait_clusters(stack, len(clusters)), stack.logs()
         yield clusters
     finally:
-        sweeper.send_signal(signal.SIGTERM)
-        sweeper.wait(timeout=30)
+        if sweeper is not None:
+            sweeper.send_signal(signal.SIGTERM)
+            sweeper.wait(timeout=30)
         for cluster in list(stack.clusters):
             # A cluster still stuck on a hanging download would drain for Q_TIMEOUT: no need.
             stack.kill_cluster(cluster)
@@ -248,6 +257,54 @@ def busy_batch_worker(stack: Stack, clusters: list[Any]) -> tuple[int, Any] | No
     return None
 
 
+def worker_holding_connection(client: tuple[str, int], workers: list[int]) -> int | None:
+    """The process among `workers` that owns the TCP connection whose local end is `client`
+    (the address a server sees its client at): /proc/net/tcp names the socket's inode,
+    /proc/<pid>/fd links to it."""
+    ip, port = client
+    local = f"{ipaddress.IPv4Address(ip).packed[::-1].hex().upper()}:{port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in workers:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == target:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def kills_its_worker(stack: Stack, kills: list[int]) -> Any:
+    """A route that holds the download open, finds the worker process downloading it and
+    SIGKILLs it: an image whose processing kills its worker every time (a decoder that
+    segfaults, the OOM killer), seen from outside."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            workers = [pid for cluster in stack.clusters for pid in stack.workers(cluster)]
+            pid = worker_holding_connection(handler.client_address[:2], workers)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+                return
+            time.sleep(0.05)
+
+    return respond
+
+
 # --- The tests ----------------------------------------------------------------------------------
 
 pytestmark = pytest.mark.e2e
@@ -319,20 +376,18 @@ def test_an_image_that_kills_its_worker_or_hangs_fails_after_the_attempt_cap(
     crash_stack: Stack, module_image_server: ImageServer, receiver: WebhookReceiver
 ) -> None:
     env = {
-        # Test hook: a worker claiming a URL with this in it exits at once, holding its claim.
-        "IMAGEPROC_CRASH_ON_URL_SUBSTRING": "/poison/",
         "IMAGE_MAX_ATTEMPTS": "2",
         # One batch per request here, so that the poison image takes innocent batch-mates down.
         "IMAGE_BATCH_SIZE": "16",
         # The hanging download is stopped by django-q2's timeout, not by our fetch deadline.
         "Q_TIMEOUT": "10",
         "FETCH_TOTAL_TIMEOUT": "120",
-        # Above Q_TIMEOUT: a hanging batch is the timeout's to stop, not the sweeper's to take.
-        "IMAGE_STALE_AFTER": "12",
     }
     body = make_image(200, 150)
     innocent = [module_image_server.add(f"/cap/{i}.jpg", body) for i in range(14)]
-    poison = module_image_server.add("/poison/p.jpg", body)
+    # Every worker that downloads it dies: SIGKILLed from outside, holding the download open.
+    kills: list[int] = []
+    poison = module_image_server.add("/poison/p.jpg", body, respond=kills_its_worker(crash_stack, kills))
     hanging = module_image_server.add("/cap/hang.jpg", body, delay=60)
     with workers_running(crash_stack, env):
         started = time.monotonic()
@@ -349,6 +404,7 @@ def test_an_image_that_kills_its_worker_or_hangs_fails_after_the_attempt_cap(
     assert rows[poison]["status"] == "failed"
     assert rows[poison]["error_code"] == "too_many_attempts"
     assert rows[poison]["attempts"] == 2
+    assert len(kills) == 2 and len(set(kills)) == 2  # one worker per attempt, each dead
     # Its batch-mates died with it once, then were re-queued alone and completed: not punished.
     mates = [rows[url] for url in innocent[:11]]
     assert all(row["status"] == "done" for row in mates)
@@ -362,6 +418,36 @@ def test_an_image_that_kills_its_worker_or_hangs_fails_after_the_attempt_cap(
     # The batch's other images were recorded as they landed, before the timeout struck.
     assert all(rows[url]["status"] == "done" and rows[url]["attempts"] == 1 for url in innocent[11:])
     assert "after timeout" in logs  # django-q2 killed (and replaced) the hung worker
+    # A slow claim is not a dead one: its worker renewed the lease (3 s) all along, and the
+    # image was taken back only once the timeout (10 s) had killed that worker.
+    assert module_image_server.hits["/cap/hang.jpg"] == 2
+
+
+def test_a_crashed_workers_images_are_back_in_work_within_a_minute_with_the_defaults(
+    crash_stack: Stack, module_image_server: ImageServer, receiver: WebhookReceiver
+) -> None:
+    # No compressed thresholds and no sweeper loop beside the clusters: the defaults, with
+    # the sweep the workers run themselves (IMAGE_LEASE_SECONDS=30, IMAGE_SWEEP_SECONDS=10).
+    with workers_running(crash_stack, compressed=False) as clusters:
+        request_id = upload(crash_stack, hundred_images(module_image_server, "defaults"), receiver.url)
+        wait_until(lambda: images_done(crash_stack, request_id) >= 10, 60, "10 images done", crash_stack)
+        victim, _ = wait_until(lambda: busy_batch_worker(crash_stack, clusters), 30, "a busy worker", crash_stack)
+        killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
+        os.kill(victim, signal.SIGKILL)
+        status = crash_stack.wait_finished(request_id, timeout=90)
+        converged = time.monotonic() - killed_at
+    assert status["status"] == "completed"
+    rows = assert_nothing_lost_or_doubled(crash_stack, request_id, receiver)
+    retried = [row for row in rows if row["attempts"] >= 2]
+    assert retried, "the killed worker held no claimed image"
+    again = sorted((row["claimed_at"] - killed_wall).total_seconds() for row in retried)
+    print(
+        f"\n[{e2e_lane()}] defaults: worker SIGKILLed holding {len(retried)} images; claimed again "
+        f"{again[0]:.1f}-{again[-1]:.1f}s after the kill; request final {converged:.1f}s after the kill"
+    )
+    # Back in work within a minute: the lease ran out and the workers' own sweep took them
+    # back (it used to take IMAGE_STALE_AFTER = Q_TIMEOUT + 60 s, then a scheduled sweep).
+    assert again[-1] < 60, again
 
 
 def test_ctrl_c_on_serve_drains_in_flight_tasks(tmp_path: Path, module_image_server: ImageServer) -> None:

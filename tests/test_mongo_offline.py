@@ -124,6 +124,16 @@ def assert_one_collection(call: Call) -> None:
         assert not {"$lookup", "$unionWith", "$graphLookup"} & set(call.stages()), call.pipeline
 
 
+def due(now: dt.datetime) -> dict[str, Any]:
+    """Not set aside until after `now`: no retry_at, or one that has come."""
+    return {
+        "$or": [
+            {"$or": [{"retry_at": {"$exists": False}}, {"retry_at": None}]},
+            {"$and": [{"retry_at": {"$lte": now}}, not_null("retry_at")]},
+        ]
+    }
+
+
 def finalize_claim(request_id: uuid.UUID) -> tuple[dict[str, Any], ...]:
     return (
         {"id": request_id.hex},
@@ -146,17 +156,27 @@ def test_image_claim_is_one_conditional_update_of_the_images(mongo: Recorder, qu
     claim = mongo.calls[0]
     # Nothing is read first: the claim is the write itself, atomic per image document.
     assert (claim.collection, claim.method) == (IMAGES, "update_many")
-    expect_filter(claim, {"id": {"$in": [i.hex for i in ids]}}, {"status": "pending"})
     changes = the_set(claim)
+    now = changes["claimed_at"]["$literal"]
+    assert isinstance(now, dt.datetime)
+    # Pending, and not set aside until later (after a transient error).
+    expect_filter(claim, {"id": {"$in": [i.hex for i in ids]}}, {"status": "pending"}, due(now))
     assert changes["attempts"] == increment("attempts", 1)
     assert changes["status"] == {"$literal": "processing"}
     token = changes["claim_token"]["$literal"]
     assert len(token) == 32 and int(token, 16) >= 0
-    assert isinstance(changes["claimed_at"]["$literal"], dt.datetime)
-    assert set(changes) == {"status", "claim_token", "claimed_at", "attempts"}
-    # Nothing claimed: only the finalisation is tried, and here nobody wins it.
-    assert [(c.collection, c.method) for c in mongo.calls] == [(IMAGES, "update_many"), (REQUESTS, "update_many")]
-    expect_filter(mongo.calls[1], *finalize_claim(request_id))
+    assert changes["lease_until"] == {"$literal": now + dt.timedelta(seconds=settings.IMAGE_LEASE_SECONDS)}
+    assert set(changes) == {"status", "claim_token", "claimed_at", "lease_until", "attempts"}
+    # What was claimed is read back by its token, from the images alone; here nothing was:
+    # only the finalisation is tried, and nobody wins it.
+    assert [(c.collection, c.method) for c in mongo.calls] == [
+        (IMAGES, "update_many"),
+        (IMAGES, "aggregate"),
+        (REQUESTS, "update_many"),
+    ]
+    assert mongo.calls[1].match() == {"claim_token": token}
+    assert "$sort" not in mongo.calls[1].stages()
+    expect_filter(mongo.calls[2], *finalize_claim(request_id))
     assert queued == []
 
 
@@ -189,13 +209,14 @@ def test_a_batch_is_single_collection_conditional_writes_and_server_side_counter
     )
     mongo.answer(REQUESTS, "update_many", 1, 1, 1, 1)  # started; counters; counters; finalisation won
     mongo.answer(REQUESTS, "aggregate", [{"id": request_id.hex, "quality": 50, "output_format": "jpeg"}])
+    first_try = {"transient_errors": 0, "attempts": 1}
     mongo.answer(
         IMAGES,
         "aggregate",
         [
-            {"id": shoe.hex, "source_url": "http://img.test/shoe.jpg", "source_key": "k-shoe", "attempts": 1},
-            {"id": shoe_again.hex, "source_url": "http://img.test/shoe.jpg", "source_key": "k-shoe", "attempts": 1},
-            {"id": missing.hex, "source_url": "http://img.test/missing.jpg", "source_key": "k-missing", "attempts": 1},
+            {"id": shoe.hex, "source_url": "http://img.test/shoe.jpg", "source_key": "k-shoe", **first_try},
+            {"id": shoe_again.hex, "source_url": "http://img.test/shoe.jpg", "source_key": "k-shoe", **first_try},
+            {"id": missing.hex, "source_url": "http://img.test/missing.jpg", "source_key": "k-missing", **first_try},
         ],
     )
 
@@ -279,6 +300,7 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     mongo: Recorder, queued: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from imageproc.pipeline import sweep as sweep_module
+    from imageproc.pipeline import transient
     from imageproc.pipeline.sweep import sweep
 
     class EmptyBroker:
@@ -286,17 +308,19 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
             return 0
 
     monkeypatch.setattr(sweep_module, "get_broker", EmptyBroker)
+    monkeypatch.setattr(transient, "seconds_since_db_trouble", lambda: None)
     # The webhook sweep has its own test below; this one is about images and requests.
     monkeypatch.setattr(sweep_module, "webhook_sweep", lambda **kwargs: 0)
     now = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+    naive = now.replace(tzinfo=None)
     stale_before = (now - dt.timedelta(seconds=settings.IMAGE_STALE_AFTER)).replace(tzinfo=None)
     quiet_before = (now - dt.timedelta(seconds=settings.IMAGE_ORPHAN_AFTER)).replace(tzinfo=None)
-    crashed, hopeless, orphan = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    r_stale, r_orphan, r_quiet, r_finalizing = (uuid.uuid4() for _ in range(4))
+    crashed, hopeless, aside, orphan = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    r_stale, r_aside, r_orphan, r_quiet, r_finalizing = (uuid.uuid4() for _ in range(5))
     mongo.answer(
         IMAGES,
         "aggregate",
-        [  # stale claims
+        [  # claims whose lease ran out
             {"request_id": r_stale.hex, "id": crashed.hex, "attempts": 1, "claim_token": "t-crashed"},
             {
                 "request_id": r_stale.hex,
@@ -305,36 +329,58 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
                 "claim_token": "t-x",
             },
         ],
-        [{"request_id": r_orphan.hex}],  # requests with orphaned pending images
+        [{"request_id": r_aside.hex, "id": aside.hex}],  # set aside, due now
+        [{"id": aside.hex, "source_key": "k"}],  # images_dispatch's pending images
+        [{"request_id": r_orphan.hex, "id": orphan.hex}],  # queued long ago, the broker empty
         [{"id": orphan.hex, "source_key": "k"}],  # images_dispatch's pending images
+        [],  # requests whose dispatch never ran
         [{"status": "done", "n": 2}, {"status": "failed", "n": 1}],  # _reconcile's count
     )
-    mongo.answer(IMAGES, "update_many", 1, 1, 1)  # gave up; reset; queued_at
+    mongo.answer(IMAGES, "update_many", 1, 1, 1, 1)  # reset; gave up; queued_at; queued_at
     mongo.answer(
         REQUESTS,
         "aggregate",
         [{"id": r_quiet.hex, "images_total": 3, "images_done": 1, "images_failed": 0}],
         [{"id": r_finalizing.hex}],
+        [],  # request_finalize: someone else finished it meanwhile
     )
     # counters; the given-up image's request tries its finalisation (lost: one image is
-    # still out); reconcile; finalisation won; re-finalize
-    mongo.answer(REQUESTS, "update_many", 1, 0, 1, 1, 1)
+    # still out); reconcile; the quiet request's finalisation (lost: another sweep's);
+    # the dead finalisation claimed for a run here
+    mongo.answer(REQUESTS, "update_many", 1, 0, 1, 0, 1)
 
     report = sweep(now=now)
 
-    assert (report.reset, report.gave_up, report.reconciled, report.refinalized) == (1, 1, 1, 2)
+    assert (report.reset, report.gave_up, report.reconciled, report.refinalized, report.errors) == (1, 1, 1, 1, 0)
     for call in mongo.calls:
         assert call.method in ("aggregate", "update_many"), call
         assert_one_collection(call)
     reads = [c for c in mongo.calls if c.method == "aggregate"]
-    stale, orphaned, pending, quiet, counted, finalizing = reads
-    assert (stale.collection, orphaned.collection, pending.collection, counted.collection) == (IMAGES,) * 4
-    assert (quiet.collection, finalizing.collection) == (REQUESTS,) * 2
+    # (No request has images whose dispatch never ran: the requests are not read for them.)
+    stale, due, due_pending, lost, lost_pending, fresh, quiet, counted, finalizing, final_read = reads
+    assert {c.collection for c in (stale, due, due_pending, lost, lost_pending, fresh, counted)} == {IMAGES}
+    assert {c.collection for c in (quiet, finalizing, final_read)} == {REQUESTS}
     assert condition_set(stale.match()) == condition_set(
-        {"$and": [{"status": "processing"}, {"claimed_at": {"$lt": stale_before}}, not_null("claimed_at")]}
+        {
+            "$and": [
+                {
+                    "$or": [
+                        {"$and": [{"lease_until": {"$lt": naive}}, not_null("lease_until")]},
+                        {
+                            "$and": [
+                                {"$and": [{"claimed_at": {"$lt": stale_before}}, not_null("claimed_at")]},
+                                {"$or": [{"lease_until": {"$exists": False}}, {"lease_until": None}]},
+                            ]
+                        },
+                    ]
+                },
+                {"status": "processing"},
+            ]
+        }
     )
-    assert {"status": "pending"} in conditions(orphaned.match())
-    assert "$group" in orphaned.stages()  # distinct request ids, grouped by the server
+    assert {"status": "pending"} in conditions(due.match())
+    assert {"status": "pending"} in conditions(lost.match())
+    assert "$group" in fresh.stages()  # distinct request ids, grouped by the server
     assert conditions(counted.match()) == [{"request_id": r_quiet.hex}]
     assert "$group" in counted.stages()
     assert condition_set(quiet.match()) == condition_set(
@@ -348,26 +394,25 @@ def test_sweeper_reads_one_collection_at_a_time_and_writes_conditionally(
     )
 
     writes = [c for c in mongo.calls if c.method == "update_many"]
-    reset, gave_up, requeued = (c for c in writes if c.collection == IMAGES)
+    reset, gave_up, requeued_aside, requeued_orphan = (c for c in writes if c.collection == IMAGES)
     expect_filter(gave_up, {"id": {"$in": [hopeless.hex]}}, {"claim_token": "t-x"}, {"status": "processing"})
     assert the_set(gave_up)["error_code"] == {"$literal": "too_many_attempts"}
     expect_filter(reset, {"id": crashed.hex}, {"claim_token": "t-crashed"}, {"status": "processing"})
     assert the_set(reset)["status"] == {"$literal": "pending"}
-    expect_filter(requeued, {"id": {"$in": [orphan.hex]}}, {"status": "pending"})
-    failed_counter, stale_finalize, reconciled, finalize, refinalize = (c for c in writes if c.collection == REQUESTS)
+    assert the_set(reset)["lease_until"] == {"$literal": None}
+    expect_filter(requeued_aside, {"id": {"$in": [aside.hex]}}, {"status": "pending"})
+    expect_filter(requeued_orphan, {"id": {"$in": [orphan.hex]}}, {"status": "pending"})
+    failed_counter, stale_finalize, reconciled, finalize, rerun = (c for c in writes if c.collection == REQUESTS)
     assert failed_counter.filter == {"id": r_stale.hex}
     expect_filter(stale_finalize, *finalize_claim(r_stale))
     assert the_set(failed_counter)["images_failed"] == increment("images_failed", 1)
     assert reconciled.filter == {"id": r_quiet.hex}
     assert the_set(reconciled) == {"images_done": {"$literal": 2}, "images_failed": {"$literal": 1}}
     expect_filter(finalize, *finalize_claim(r_quiet))
-    expect_filter(refinalize, {"id": r_finalizing.hex}, {"status": "finalizing"})
-    assert [task[0] for task in queued] == [
-        "imageproc.tasks.process_images",
-        "imageproc.tasks.process_images",
-        "imageproc.tasks.finalize_request",
-        "imageproc.tasks.finalize_request",
-    ]
+    assert {"id": r_finalizing.hex} in conditions(rerun.filter)
+    assert {"status": "finalizing"} in conditions(rerun.filter)
+    # Finalisations run in the sweep itself, not through the broker (it may be what failed).
+    assert [task[0] for task in queued] == ["imageproc.tasks.process_images"] * 3
 
 
 def test_webhook_sweep_compiles_for_mongodb(mongo: Recorder) -> None:

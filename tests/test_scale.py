@@ -175,20 +175,6 @@ def test_s3_settings_are_checked_at_start_up() -> None:
     assert "S3_URL_EXPIRES must be between 60 and 604800" in too_long.stderr
 
 
-def test_production_refuses_the_crash_test_hook() -> None:
-    result = _check(
-        {
-            "DJANGO_SETTINGS_MODULE": "settings.production",
-            "SECRET_KEY": "x" * 60,
-            "ALLOWED_HOSTS": "images.example.com",
-            "PUBLIC_BASE_URL": "https://images.example.com",
-            "IMAGEPROC_CRASH_ON_URL_SUBSTRING": "boom",
-        }
-    )
-    assert result.returncode != 0
-    assert "IMAGEPROC_CRASH_ON_URL_SUBSTRING is a test hook" in result.stderr
-
-
 # --- The whole service on PostgreSQL + Redis + S3 with two qclusters -------------------------------
 
 
