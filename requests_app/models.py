@@ -9,6 +9,7 @@ import uuid
 from typing import ClassVar
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -42,6 +43,14 @@ class ApiClient(models.Model):
     # admin) clears it.
     webhook_disabled_at = models.DateTimeField(null=True, blank=True)
     webhook_disabled_reason = models.TextField(blank=True)
+    # Its share of the workers while other clients have work too (imageproc.pipeline.fairness,
+    # docs/sharing.md): a client of weight 2 gets twice the share of one of weight 1.
+    weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(100.0)],
+        help_text="Its share of the workers against other clients with work at the same time: "
+        "2 gets twice the share of 1, 0.5 half of it.",
+    )
 
     class Meta:
         verbose_name = "API client"
@@ -137,6 +146,13 @@ class ProcessingRequest(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     output_csv_name = models.CharField(max_length=255, blank=True)
+    # Two checkpoints of the finished count (done + failed) for the ETA, moved every ~10 s by
+    # the workers while the request is processing (imageproc.pipeline.fairness): the rate is
+    # measured from the base to now, over the last 10-20 s (requests_app.selectors).
+    rate_mark_at = models.DateTimeField(null=True, blank=True)
+    rate_mark_finished = models.PositiveIntegerField(default=0)
+    rate_base_at = models.DateTimeField(null=True, blank=True)
+    rate_base_finished = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ("-created_at",)

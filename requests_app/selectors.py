@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Page, Paginator
 from django.db.models import Count
+from django.utils import timezone
 
 from imageproc.storage import output_url
 from products.models import ImageStatus, Product, ProductImage
@@ -65,9 +67,11 @@ class Progress:
     images_done: int
     images_failed: int
     percent: float
-    # Images finished per second since the request started; None before the first one.
+    # Images finished per second lately (request_rate), or since the request started; None
+    # before the first one.
     rate: float | None
-    # Seconds until every image has finished at that rate; None when unknown or finished.
+    # Seconds until every image has finished at that rate; None until ETA_MIN_SHARE of the
+    # images have finished, and once none is left.
     eta_seconds: int | None
 
     def as_counts(self) -> dict[str, Any]:
@@ -80,12 +84,38 @@ class Progress:
         }
 
 
-def request_progress(*, request: ProcessingRequest) -> Progress:
-    elapsed = request.duration
+# The ETA needs this share of a request's images finished (and one at least) to say anything.
+ETA_MIN_SHARE = 0.05
+# A checkpoint younger than this measures too short a stretch: the rate since the start is used.
+ETA_MIN_WINDOW = 5.0
+
+
+def request_rate(*, request: ProcessingRequest, now: datetime | None = None) -> float | None:
+    """Images finished per second lately: since the base checkpoint the workers keep 10-20 s
+    behind (imageproc.pipeline.fairness), so the rate is the request's at its current share
+    of the workers (it halves within 20 s when another client arrives); before the first
+    checkpoints, since the request started."""
+    now = now or timezone.now()
     finished = request.images_finished
-    rate = finished / elapsed if elapsed and finished else None
+    elapsed = request.duration
+    if request.is_finished:
+        return finished / elapsed if elapsed and finished else None
+    for at, then in (
+        (request.rate_base_at, request.rate_base_finished),
+        (request.rate_mark_at, request.rate_mark_finished),
+    ):
+        # A checkpoint past the count: the request was reprocessed since.
+        if at is not None and then <= finished and (now - at).total_seconds() >= ETA_MIN_WINDOW:
+            return (finished - then) / (now - at).total_seconds()
+    return finished / elapsed if elapsed and finished else None
+
+
+def request_progress(*, request: ProcessingRequest) -> Progress:
+    finished = request.images_finished
+    rate = request_rate(request=request)
     remaining = request.images_total - finished
-    eta = remaining / rate if rate and remaining > 0 and not request.is_finished else None
+    enough = finished >= max(1, ETA_MIN_SHARE * request.images_total)
+    eta = remaining / rate if rate and enough and remaining > 0 and not request.is_finished else None
     return Progress(
         images_total=request.images_total,
         images_done=request.images_done,

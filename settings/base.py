@@ -333,6 +333,11 @@ IMAGE_PREFETCH_BYTES = _env_int("IMAGE_PREFETCH_BYTES", 16 * 1024 * 1024, minimu
 # A task whose own batch is under way claims more pending images of its request for this
 # long, so that workers never wait at batch boundaries (0: never).
 IMAGE_STEAL_SECONDS = _env_int("IMAGE_STEAL_SECONDS", Q_TIMEOUT // 4, minimum=0)
+# Fair share of the workers between clients (imageproc.pipeline.fairness, docs/sharing.md):
+# each claim goes to the client furthest below its share (ApiClient.weight), whatever order
+# the queue holds the tasks in. Off: every task serves its own request, first come first
+# served, as before (for comparison in bench/).
+IMAGE_FAIR_SHARE = env.bool("IMAGE_FAIR_SHARE", default=True)
 # A claim carries a lease of this many seconds, which the worker holding it renews every
 # quarter of it while it works (slow or not): the sweeper takes back an image whose lease
 # ran out, so a dead worker's images are back in the queue within about this plus one

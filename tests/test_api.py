@@ -66,7 +66,13 @@ def test_upload_processes_every_image_and_reports_it(api: APIClient, image_serve
 
     status = api.get(f"/csv/status/{body['request_id']}").json()
     assert status["status"] == "completed"
-    assert status["progress"] == {"images_total": 3, "images_done": 3, "images_failed": 0, "percent": 100.0}
+    assert status["progress"] == {
+        "images_total": 3,
+        "images_done": 3,
+        "images_failed": 0,
+        "percent": 100.0,
+        "eta_seconds": None,
+    }
     assert image_server.hits["/a.jpg"] == 1  # the same URL twice: fetched once
     shoe, hat = status["products"]
     assert shoe["input_image_urls"] == [a, b]

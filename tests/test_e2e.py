@@ -39,7 +39,13 @@ def test_upload_poll_download_and_fetch_every_output(stack: Stack, module_image_
     print(f"\nend-to-end request of 7 images finished in {elapsed:.2f}s")
 
     assert status["status"] == "completed_with_errors"
-    assert status["progress"] == {"images_total": 7, "images_done": 6, "images_failed": 1, "percent": 100.0}
+    assert status["progress"] == {
+        "images_total": 7,
+        "images_done": 6,
+        "images_failed": 1,
+        "percent": 100.0,
+        "eta_seconds": None,
+    }
     assert module_image_server.hits["/e2e/0.jpg"] == 1
     assert [p["serial_number"] for p in status["products"]] == ["1", "2", "3"]
     bag = status["products"][2]

@@ -202,7 +202,13 @@ def test_a_request_is_shared_by_both_clusters_and_lands_in_s3(
     status = scale_stack.wait_finished(created["request_id"])
 
     assert status["status"] == "completed"
-    assert status["progress"] == {"images_total": 25, "images_done": 25, "images_failed": 0, "percent": 100.0}
+    assert status["progress"] == {
+        "images_total": 25,
+        "images_done": 25,
+        "images_failed": 0,
+        "percent": 100.0,
+        "eta_seconds": None,
+    }
     assert status["output_urls"] == {"kind": "presigned", "expires_in": 7 * 24 * 3600}
     assert all(module_image_server.hits[f"/scale/{i}.jpg"] == 1 for i in range(12))
 

@@ -32,7 +32,7 @@ from django.utils import timezone
 from imageproc.engine.compress import CompressOptions, CompressResult, ImageRejected, compress
 from imageproc.engine.http import FetchError, FetchPolicy, FetchResult, fetch_image
 from imageproc.engine.naming import image_output_name
-from imageproc.pipeline import hosts
+from imageproc.pipeline import fairness, hosts
 from imageproc.pipeline.finalize import request_try_finalize
 from imageproc.pipeline.leases import holding, lease_end
 from imageproc.pipeline.records import Group, pending_due, record_done, record_failed, record_set_aside
@@ -278,6 +278,12 @@ class _Stream:
             return False
 
     def _try_steal(self, room: int) -> bool:
+        if fairness.yield_to_fairer(request_id=self.request_id, token=self.token, since=self.started):
+            # Another client (or an older request of this one) is owed this worker: take
+            # nothing more; once what it holds is done, its task serves that request
+            # (imageproc.pipeline.work).
+            self.steal_until = 0.0
+            return False
         # First attempts only, never set aside (those wait for their time, then their task).
         pending = ProductImage.objects.filter(
             request_id=self.request_id, status=ImageStatus.PENDING, attempts=0, retry_at__isnull=True

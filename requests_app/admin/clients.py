@@ -22,7 +22,12 @@ from requests_app.admin.display import NoAddOrChange, plural, status_badge
 from requests_app.admin.forms import ApiClientChangeForm, ApiClientCreationForm, add_service_error
 from requests_app.models import ApiClient, ApiKey
 from requests_app.services import webhooks
-from requests_app.services.clients import api_client_enable_webhooks, api_key_create, api_key_revoke
+from requests_app.services.clients import (
+    api_client_enable_webhooks,
+    api_client_set_weight,
+    api_key_create,
+    api_key_revoke,
+)
 from requests_app.services.errors import ApiClientExists, ServiceError
 from requests_app.services.onboarding import api_client_onboard
 from requests_app.services.webhook_urls import WebhookUrlInvalid
@@ -77,7 +82,7 @@ def key_state(key: ApiKey) -> SafeString:
 
 @admin.register(ApiClient)
 class ApiClientAdmin(ApiClientAdminBase):
-    list_display = ("name", "keys", "created_at", "default_webhook_url", "webhooks", "requests_link")
+    list_display = ("name", "keys", "created_at", "weight", "default_webhook_url", "webhooks", "requests_link")
     list_select_related = ("user",)
     search_fields = ("user__username",)
     ordering = ("user__username",)
@@ -85,7 +90,7 @@ class ApiClientAdmin(ApiClientAdminBase):
     inlines = (ApiKeyInline,)
     readonly_fields = ("name", "created_at", "webhook_secret_display", "webhooks", "requests_link")
     fieldsets = (
-        (None, {"fields": ("name", "created_at", "requests_link")}),
+        (None, {"fields": ("name", "created_at", "weight", "requests_link")}),
         (
             "Webhooks",
             {"fields": ("default_webhook_url", "webhook_secret_display", "webhooks", "re_enable_webhooks")},
@@ -287,6 +292,8 @@ class ApiClientAdmin(ApiClientAdminBase):
             webhooks.api_client_set_default_webhook_url(client=obj, url=obj.default_webhook_url)
         if form.cleaned_data.get("re_enable_webhooks"):
             api_client_enable_webhooks(client=obj)
+        if "weight" in form.changed_data:
+            api_client_set_weight(client=obj, weight=obj.weight)
 
 
 class RevokedFilter(admin.SimpleListFilter):

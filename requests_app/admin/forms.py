@@ -93,6 +93,18 @@ class ApiClientChangeForm(ApiClientFormBase):
     re_enable_webhooks = forms.BooleanField(
         required=False, label="Re-enable webhooks", help_text="The receiver is back: deliver webhooks again."
     )
+    # Not required: a form posted without it (a script, an older page) leaves the weight as it is.
+    weight = forms.FloatField(
+        required=False,
+        min_value=0.1,
+        max_value=100.0,
+        help_text="Its share of the workers against other clients with work at the same time: "
+        "2 gets twice the share of 1, 0.5 half of it (docs/sharing.md).",
+    )
+
+    def clean_weight(self) -> float:
+        value = self.cleaned_data.get("weight")
+        return float(self.instance.weight if value is None else value)
 
     def clean_default_webhook_url(self) -> str:
         # The service's own check, here so that a refused URL is shown on the form: saving
@@ -107,4 +119,4 @@ class ApiClientChangeForm(ApiClientFormBase):
 
     class Meta:
         model = ApiClient
-        fields = ("default_webhook_url",)
+        fields = ("default_webhook_url", "weight")

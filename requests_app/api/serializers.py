@@ -78,6 +78,11 @@ class ProgressSerializer(serializers.Serializer[Progress]):
     images_done = serializers.IntegerField(help_text="Images compressed and stored.")
     images_failed = serializers.IntegerField()
     percent = serializers.FloatField(help_text="Finished (done or failed) images, in percent of the total.")
+    eta_seconds = serializers.IntegerField(
+        allow_null=True,
+        help_text="Seconds left, at the rate of the last 10-20 s (the request's current share of the "
+        "workers). Null until 5% of the images (one at least) have finished, and once none is left.",
+    )
 
 
 class UploadResultSerializer(serializers.Serializer[ProcessingRequest]):

@@ -45,3 +45,12 @@ def api_client_enable_webhooks(*, client: ApiClient) -> bool:
     )
     client.webhook_disabled_at, client.webhook_disabled_reason = None, ""
     return bool(enabled)
+
+
+def api_client_set_weight(*, client: ApiClient, weight: float) -> None:
+    """Set the client's share of the workers against other clients with work at the same
+    time (imageproc.pipeline.fairness, docs/sharing.md). The workers read it within seconds."""
+    field = ApiClient._meta.get_field("weight")
+    field.run_validators(weight)  # 0.1 to 100: a client of weight 0 would never be served
+    ApiClient.objects.filter(pk=client.pk).update(weight=weight)
+    client.weight = weight

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from requests_app.services.clients import api_client_set_weight
 from requests_app.services.errors import ServiceError
 from requests_app.services.onboarding import api_client_onboard
 from requests_app.services.webhook_urls import WebhookUrlInvalid
@@ -17,8 +19,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--webhook-url", default=None, help="Default webhook URL for its requests (an empty string clears it)."
         )
+        parser.add_argument(
+            "--weight",
+            type=float,
+            default=None,
+            help="Its share of the workers against other clients with work at once (default 1; docs/sharing.md).",
+        )
 
-    def handle(self, *args: Any, name: str, webhook_url: str | None = None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, name: str, webhook_url: str | None = None, weight: float | None = None, **options: Any
+    ) -> None:
         try:
             onboarded = api_client_onboard(name=name, default_webhook_url=webhook_url)
         except WebhookUrlInvalid as exc:
@@ -26,6 +36,11 @@ class Command(BaseCommand):
         except ServiceError as exc:
             raise CommandError(str(exc)) from None
         client = onboarded.client
+        if weight is not None:
+            try:
+                api_client_set_weight(client=client, weight=weight)
+            except ValidationError as exc:
+                raise CommandError(f"--weight: {' '.join(exc.messages)}") from None
         verb = "Created" if onboarded.created else "Found"
         self.stdout.write(self.style.SUCCESS(f"{verb} API client {client}."))
         if client.default_webhook_url:
