@@ -250,7 +250,9 @@ def test_request_page_paginates_50_products_in_two_queries(browser: Client, acme
     product_queries = [q for q in queries if "products_product" in q["sql"] or "products_productimage" in q["sql"]]
     assert len(product_queries) == 2, [q["sql"] for q in product_queries]
     assert not any("OFFSET" in q["sql"] for q in product_queries)
-    assert browser.get(f"{ADMIN}{obj.pk}/change/", {"page": 99}).status_code == 200  # clamped to the last
+    past = browser.get(f"{ADMIN}{obj.pk}/change/", {"page": 99})
+    assert past.status_code == 200  # clamped to the last
+    assert "Products 101–120 of 120" in past.content.decode()
 
 
 def test_request_page_lists_failed_images_alone(browser: Client, finished: ProcessingRequest) -> None:
@@ -266,7 +268,9 @@ def test_progress_json_follows_the_counters(browser: Client, finished: Processin
     assert body["finished"] is True
     assert (body["images_total"], body["images_done"], body["images_failed"]) == (3, 2, 1)
     assert body["percent"] == 100.0
+    assert body["rate"] is not None and body["eta_seconds"] is None  # finished: nothing left
     assert "ip-badge--completed_with_errors" in body["status_html"]
+    assert 'class="ip-progress__failed" style="width:33.33%"' in body["progress_html"]
 
 
 def test_staff_read_the_status_json_and_output_csv_of_any_owner(
@@ -333,6 +337,24 @@ def test_reprocess_asks_first_then_starts_from_scratch(
     assert image_server.hits["/shoe.jpg"] == hits + 1
 
 
+def test_reprocess_confirmation_counts_what_the_service_would_reprocess(
+    browser: Client, finished: ProcessingRequest, acme: ApiClient
+) -> None:
+    running = ProcessingRequest.objects.create(
+        owner=acme.user, status=RequestStatus.PROCESSING, images_total=7, original_filename="running.csv"
+    )
+    data = {"action": "reprocess_requests", "_selected_action": [str(finished.pk), str(running.pk)]}
+    html = browser.post(ADMIN, data).content.decode()
+    assert "Yes, reprocess" in html
+    assert "(3 images)" in html  # the finished request's; the running one is skipped ...
+    # ... and named (the admin's messages start with a capital).
+    assert "Running.csv: The request is processing; reprocess it once it has finished." in html
+    finished.refresh_from_db()
+    running.refresh_from_db()
+    assert (finished.status, finished.images_done) == (RequestStatus.COMPLETED_WITH_ERRORS, 2)
+    assert running.status == RequestStatus.PROCESSING
+
+
 def test_list_actions_call_the_services(
     browser: Client, finished: ProcessingRequest, image_server: ImageServer, acme: ApiClient
 ) -> None:
@@ -381,6 +403,33 @@ def test_resend_webhook_sends_the_completion_event_again(
     no_hook = upload(acme.user, [("1", "One", [url])])
     html = browser.post(f"{ADMIN}{no_hook.pk}/resend-webhook/", follow=True).content.decode()
     assert "no webhook URL" in html
+
+
+def test_delivery_log_lists_attempts_and_its_resend_names_what_it_cannot_send(browser: Client, acme: ApiClient) -> None:
+    quiet = ProcessingRequest.objects.create(
+        owner=acme.user, status=RequestStatus.COMPLETED, completed_at=timezone.now(), original_filename="quiet.csv"
+    )
+    # An attempt logged when the request still had a webhook URL; neither it nor its client has one now.
+    delivery = WebhookDelivery.objects.create(
+        request=quiet,
+        event_id="evt_quiet",
+        event_type="request.completed",
+        url="https://hooks.example/quiet",
+        status="failed",
+        error="HTTP 500",
+        payload="{}",
+    )
+    listing = browser.get("/admin/requests_app/webhookdelivery/").content.decode()
+    assert result_rows(listing) == 1
+    assert f'href="{ADMIN}{quiet.pk}/change/"' in listing
+    html = browser.post(
+        "/admin/requests_app/webhookdelivery/",
+        {"action": "resend_webhook", "_selected_action": [str(delivery.pk)]},
+        follow=True,
+    ).content.decode()
+    assert "Quiet.csv: " in html and "no webhook URL" in html  # the admin's messages start with a capital
+    assert "Resending the completion webhook" not in html
+    assert list(WebhookDelivery.objects.filter(request=quiet)) == [delivery]
 
 
 def test_staff_without_change_permission_see_but_cannot_act(finished: ProcessingRequest) -> None:
@@ -432,6 +481,17 @@ def test_upload_page_lists_every_csv_error_and_stores_nothing(browser: Client) -
     assert ProcessingRequest.objects.count() == 0
 
 
+def test_upload_page_refuses_a_csv_over_the_size_limit(browser: Client, settings: Any) -> None:
+    settings.CSV_MAX_BYTES = 100
+    file = io.BytesIO(b"S. No.,Product Name,Input Image Urls\n" + b"1,Lamp,https://x.example/a.jpg\n" * 5)
+    file.name = "big.csv"
+    response = browser.post(f"{ADMIN}upload/", {"file": file, "quality": "50", "output_format": "jpeg"})
+    assert response.status_code == 200
+    field = re.search(r'<div class="form-row errors field-file">(.*?)</div>', response.content.decode(), re.S)
+    assert field and "The CSV is larger than the limit" in field.group(1)
+    assert ProcessingRequest.objects.count() == 0
+
+
 def test_upload_page_says_when_too_many_requests_are_in_progress(browser: Client, staff: User, settings: Any) -> None:
     settings.MAX_ACTIVE_REQUESTS_PER_CLIENT = 1
     ProcessingRequest.objects.create(owner=staff, status=RequestStatus.PROCESSING)
@@ -451,8 +511,11 @@ def test_upload_page_refuses_a_bad_webhook_url_and_quality(browser: Client) -> N
         {"file": file, "quality": "120", "output_format": "jpeg", "webhook_url": "http://169.254.169.254/hook"},
     )
     html = response.content.decode()
-    assert "Ensure this value is less than or equal to 95." in html
-    assert "webhooks are not sent there" in html or "must use https" in html
+    # Both refusals at once, each under its field, in the words of RequestOptions.
+    quality = re.search(r'<div class="form-row errors field-quality">(.*?)</div>', html, re.S)
+    assert quality and "Quality must be a whole number from 1 to 95." in quality.group(1)
+    webhook = re.search(r'<div class="form-row errors field-webhook_url">(.*?)</div>', html, re.S)
+    assert webhook and ("webhooks are not sent there" in webhook.group(1) or "must use https" in webhook.group(1))
     assert ProcessingRequest.objects.count() == 0
 
 
@@ -480,6 +543,19 @@ def test_add_client_shows_its_key_once_and_the_key_works(browser: Client) -> Non
 
     again = browser.post("/admin/requests_app/apiclient/add/", {"name": "globex"})
     assert "exists already" in again.content.decode()
+
+
+def test_add_client_refuses_a_bad_webhook_url_and_creates_nothing(browser: Client) -> None:
+    response = browser.post(
+        "/admin/requests_app/apiclient/add/", {"name": "initech", "default_webhook_url": "http://169.254.169.254/hook"}
+    )
+    assert response.status_code == 200
+    field = re.search(
+        r'<div class="form-row errors field-default_webhook_url">(.*?)</div>', response.content.decode(), re.S
+    )
+    assert field and ("webhooks are not sent there" in field.group(1) or "must use https" in field.group(1))
+    assert not User.objects.filter(username="initech").exists()
+    assert not ApiClient.objects.exists()
 
 
 def test_revoke_a_key_from_its_client_page(browser: Client, acme: ApiClient) -> None:
@@ -535,6 +611,8 @@ def test_client_change_form_sets_the_default_webhook_url_and_re_enables(
         {"default_webhook_url": "https://10.0.0.1/hook", "keys-TOTAL_FORMS": "0", "keys-INITIAL_FORMS": "0"},
     )
     assert bad.status_code == 200
+    field = re.search(r'<div class="form-row errors field-default_webhook_url">(.*?)</div>', bad.content.decode(), re.S)
+    assert field and "webhooks are not sent there" in field.group(1)
     acme.refresh_from_db()
     assert acme.default_webhook_url == receiver.url()
 

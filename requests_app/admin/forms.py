@@ -1,8 +1,9 @@
 """The admin's own forms: uploading a CSV, creating an API client, a client's webhook settings.
 
-They check the shape of the input only. The rules (the webhook URL guard, the CSV's size and
-contents, a client's unique name) live in the services, which the admin views call; a domain
-error they raise comes back here as a form error (`add_service_error`).
+The fields check the shape of the input only. The rules (quality and format, the webhook URL
+guard, the CSV's size and contents, a client's unique name) are the services': a form builds
+the service's own input (RequestOptions checks itself) or the view calls the service, and a
+domain error comes back as a form error through `add_service_error`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.conf import settings
 
 from requests_app.models import ApiClient, OutputFormat
 from requests_app.services.errors import InvalidOptions, ServiceError
+from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, RequestOptions
 from requests_app.services.webhook_urls import WebhookUrlInvalid, webhook_url_check
 
 if TYPE_CHECKING:
@@ -42,11 +44,15 @@ class UploadForm(forms.Form):
         label="CSV file",
         help_text="Columns: S. No., Product Name, Input Image Urls (comma-separated URLs). A header row is required.",
     )
-    quality = forms.IntegerField(min_value=1, max_value=95, help_text="JPEG/WebP quality, 1 to 95.")
+    quality = forms.IntegerField(
+        # The range is RequestOptions' rule; here it only sets the input's arrows.
+        widget=forms.NumberInput(attrs={"min": QUALITY_MIN, "max": QUALITY_MAX}),
+        help_text=f"JPEG/WebP quality, {QUALITY_MIN} to {QUALITY_MAX}.",
+    )
     output_format = forms.ChoiceField(choices=OutputFormat.choices, initial=OutputFormat.JPEG)
     webhook_url = forms.CharField(
         required=False,
-        max_length=2048,
+        strip=False,  # RequestOptions normalises it
         label="Webhook URL",
         help_text="Optional: receives a signed POST when the request has finished.",
         widget=forms.URLInput(attrs={"size": 60, "placeholder": "https://example.com/hooks/images"}),
@@ -58,16 +64,19 @@ class UploadForm(forms.Form):
         # The admin's own <input type=file> styling expects no extra attributes.
         self.fields["file"].widget.attrs["accept"] = ".csv,text/csv"
 
-    def clean_webhook_url(self) -> str:
-        # Until request_create checks the webhook URL itself (then its error comes back
-        # through add_service_error).
-        value = str(self.cleaned_data.get("webhook_url") or "").strip()
-        if value:
+    def clean(self) -> dict[str, Any] | None:
+        """The options as the service takes them, in cleaned_data["options"]: RequestOptions
+        checks every rule of them (quality, format, the webhook URL guard) and names each
+        field it refuses."""
+        data = super().clean() or {}
+        if "quality" in data and "output_format" in data:
             try:
-                webhook_url_check(value)
-            except WebhookUrlInvalid as exc:
-                raise forms.ValidationError(str(exc)) from None
-        return value
+                data["options"] = RequestOptions(
+                    quality=data["quality"], output_format=data["output_format"], webhook_url=data["webhook_url"]
+                )
+            except InvalidOptions as exc:
+                add_service_error(self, exc)
+        return data
 
 
 class ApiClientCreationForm(forms.Form):

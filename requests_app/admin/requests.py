@@ -35,11 +35,10 @@ from requests_app.admin.forms import UploadForm, add_service_error
 from requests_app.admin.overview import service_overview
 from requests_app.admin.staff_api import StaffRequestViewSet
 from requests_app.formatting import NOTHING, human_bytes, human_duration
-from requests_app.models import ProcessingRequest
+from requests_app.models import ProcessingRequest, WebhookDelivery
 from requests_app.services import webhooks
 from requests_app.services.errors import ServiceError
-from requests_app.services.requests import RequestOptions, request_create, request_reprocess, request_retry_failed
-from requests_app.services.webhook_urls import WebhookUrlInvalid
+from requests_app.services.requests import request_create, request_reprocess, request_retry_failed
 
 if TYPE_CHECKING:
     # Generic in django-stubs only; subscripting it at runtime would need django-stubs-ext.
@@ -206,21 +205,18 @@ class ProcessingRequestAdmin(RequestAdminBase):
         form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
         if form.is_bound and form.is_valid():
             # The logged-in staff member's request, exactly as POST /csv/upload would make it.
-            data = form.cleaned_data
-            options = RequestOptions(
-                quality=data["quality"], output_format=data["output_format"], webhook_url=data["webhook_url"]
-            )
+            upload, options = form.cleaned_data["file"], form.cleaned_data["options"]
             try:
                 # Admin views run behind admin_site.admin_view: the user is an active staff member.
                 obj, _ = request_create(
-                    owner=cast(User, request.user), csv_file=data["file"], filename=data["file"].name, options=options
+                    owner=cast(User, request.user), csv_file=upload, filename=upload.name or "", options=options
                 )
             except csv_io.CsvInvalid as exc:
                 csv_errors = exc
             except csv_io.CsvTooLarge as exc:
                 form.add_error("file", str(exc))
             except ServiceError as exc:  # a webhook URL refused, too many requests in progress, ...
-                add_service_error(form, exc, field_of={WebhookUrlInvalid: "webhook_url"})
+                add_service_error(form, exc)
             else:
                 self.log_addition(request, obj, [{"added": {}}])
                 messages.success(
@@ -251,7 +247,8 @@ class ProcessingRequestAdmin(RequestAdminBase):
         self.log_change(request, obj, f"Reprocessed {plural(count, 'image')} from scratch.")
         return count
 
-    def _resend(self, request: HttpRequest, obj: ProcessingRequest) -> Any:
+    def _resend(self, request: HttpRequest, obj: ProcessingRequest) -> WebhookDelivery:
+        # Without a URL to send to, WebhookNotConfigured: a message like any other refusal.
         delivery = webhooks.webhook_resend(request=obj)
         self.log_change(request, obj, f"Resent the completion webhook (attempt {delivery.attempt}).")
         return delivery
@@ -301,13 +298,15 @@ class ProcessingRequestAdmin(RequestAdminBase):
     def _reprocess_confirmation(
         self, request: HttpRequest, objects: list[ProcessingRequest], *, form_action: str = ""
     ) -> TemplateResponse:
+        # The service, asked with dry_run, says how many images it would reprocess; the
+        # requests it would refuse (not finished) are named in warnings above the question.
+        images = self._each(request, objects, lambda _, obj: request_reprocess(request=obj, dry_run=True))
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Reprocess from scratch?",
             "objects": objects,
-            "images": sum(o.images_total for o in objects),
-            "unfinished": [o for o in objects if not o.is_finished],
+            "images": sum(images),
             "form_action": form_action,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
@@ -318,7 +317,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
     def _each(
         self,
         request: HttpRequest,
-        queryset: QuerySet[ProcessingRequest],
+        queryset: QuerySet[ProcessingRequest] | list[ProcessingRequest],
         act: Callable[[HttpRequest, ProcessingRequest], Any],
     ) -> list[Any]:
         """The results of `act` on every selected request that the service did not refuse."""
