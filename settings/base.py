@@ -308,6 +308,17 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # The client API only: the admin's staff views (session, staff only) are not part of it.
     "PREPROCESSING_HOOKS": ["requests_app.api.schema.schema_client_endpoints"],
+    # GET /health/ (a plain Django view) documented beside the client API.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "requests_app.api.schema.schema_health",
+    ],
+    # One enum component per set of statuses, whichever answer carries it.
+    "ENUM_NAME_OVERRIDES": {
+        "RequestStatusEnum": "requests_app.models.RequestStatus",
+        "WebhookStatusEnum": "requests_app.models.WebhookStatus",
+        "ProductStatusEnum": "requests_app.api.serializers.PRODUCT_STATUSES",
+    },
 }
 
 # --- The service --------------------------------------------------------------------------

@@ -16,26 +16,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from imageproc.storage import absolute_url
 from products.models import ImageStatus, Product, ProductImage
-from requests_app.models import OutputFormat, ProcessingRequest, WebhookDelivery
+from requests_app.models import OutputFormat, ProcessingRequest, RequestStatus, WebhookDelivery, WebhookStatus
 from requests_app.selectors import Progress, product_status, request_progress
 from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, WEBHOOK_URL_MAX
 
 # --- Fields -----------------------------------------------------------------------------------
 
 
-@extend_schema_field({"type": "integer", "minimum": QUALITY_MIN, "maximum": QUALITY_MAX})
+@extend_schema_field(
+    {"type": "integer", "minimum": QUALITY_MIN, "maximum": QUALITY_MAX, "default": settings.IMAGE_DEFAULT_QUALITY}
+)
 class QualityField(serializers.IntegerField):
     """An integer; its range is RequestOptions' rule: documented here, checked there."""
 
 
-@extend_schema_field({"type": "string", "enum": list(OutputFormat.values)})
+@extend_schema_field({"type": "string", "enum": list(OutputFormat.values), "default": OutputFormat.JPEG.value})
 class OutputFormatField(serializers.CharField):
     """A string; the formats are RequestOptions' rule: documented here, checked there."""
+
+
+# The example is empty on purpose: Swagger UI's "Try it out" fills each form field with its
+# example (or `string` without one) and leaves out an empty one, so the default upload
+# succeeds; a real-looking URL there would be checked (it must resolve) and refused.
+@extend_schema_field({"type": "string", "format": "uri", "maxLength": WEBHOOK_URL_MAX, "example": ""})
+class WebhookUrlField(serializers.CharField):
+    """A string; the URL rule (https, a public address) is webhook_url_check's: checked there."""
+
+
+class RequestStatusField(serializers.ChoiceField):
+    """A request's status: one enum (RequestStatusEnum) wherever an answer carries it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=RequestStatus.choices, **kwargs)
 
 
 class AbsoluteUrlField(serializers.URLField):
@@ -54,11 +72,12 @@ class UploadSerializer(serializers.Serializer[Any]):
     file = serializers.FileField(
         allow_empty_file=True, help_text="The product CSV: S. No., Product Name, Input Image Urls."
     )
-    webhook_url = serializers.CharField(
+    webhook_url = WebhookUrlField(
         required=False,
         allow_blank=True,
-        help_text=f"Receives the signed completion webhook: https, a public address, at most {WEBHOOK_URL_MAX} "
-        "characters. Default: the client's default webhook URL.",
+        help_text=f"Receives the signed completion webhook, e.g. https://shop.example.com/hooks/imageproc: "
+        f"https, a public address, at most {WEBHOOK_URL_MAX} characters. Empty or absent: the client's default "
+        "webhook URL, if it has one.",
     )
     quality = QualityField(required=False, help_text="JPEG/WebP quality. Default: IMAGE_DEFAULT_QUALITY (50).")
     output_format = OutputFormatField(required=False, help_text="Default: jpeg.")
@@ -89,7 +108,7 @@ class UploadResultSerializer(serializers.Serializer[ProcessingRequest]):
     """Renders the ProcessingRequest an upload created (or found by its Idempotency-Key)."""
 
     request_id = serializers.UUIDField(source="pk")
-    status = serializers.CharField()
+    status = RequestStatusField()
     status_url = AbsoluteUrlField(source="get_status_path")
     output_url = AbsoluteUrlField(source="get_output_path")
     products = serializers.IntegerField(source="products_total")
@@ -124,6 +143,9 @@ class RequestSummarySerializer(serializers.ModelSerializer[ProcessingRequest]):
 
 
 # --- The status answer ------------------------------------------------------------------------
+
+# A product's status (selectors.product_status): an image status, or `partial`.
+PRODUCT_STATUSES = [*ImageStatus.values, "partial"]
 
 
 @dataclass(frozen=True)
@@ -174,7 +196,11 @@ class ImageErrorSerializer(serializers.Serializer[ProductImage]):
 class ProductStatusSerializer(serializers.Serializer[ProductRow]):
     serial_number = serializers.CharField(source="product.serial_number")
     product_name = serializers.CharField(source="product.product_name")
-    status = serializers.CharField(help_text="pending, processing, done, failed or partial.")
+    status = serializers.ChoiceField(
+        choices=PRODUCT_STATUSES,
+        help_text="Its images' status when they agree; partial when they have all ended "
+        "but some failed; processing otherwise.",
+    )
     input_image_urls = serializers.ListField(child=serializers.CharField())
     output_image_urls = serializers.ListField(
         child=serializers.CharField(allow_null=True),
@@ -200,7 +226,7 @@ class RequestStatusSerializer(serializers.Serializer[StatusPage]):
     """Renders a StatusPage."""
 
     request_id = serializers.UUIDField(source="request.pk")
-    status = serializers.CharField(source="request.status")
+    status = RequestStatusField(source="request.status")
     created_at = serializers.DateTimeField(source="request.created_at")
     started_at = serializers.DateTimeField(source="request.started_at", allow_null=True)
     completed_at = serializers.DateTimeField(source="request.completed_at", allow_null=True)
@@ -228,7 +254,7 @@ class Requeued:
 
 class RetryResultSerializer(serializers.Serializer[Requeued]):
     request_id = serializers.UUIDField(source="request.pk")
-    status = serializers.CharField(source="request.status")
+    status = RequestStatusField(source="request.status")
     images_requeued = serializers.IntegerField()
 
 
@@ -241,5 +267,5 @@ class WebhookResendResultSerializer(serializers.Serializer[WebhookDelivery]):
     )
     event_id = serializers.CharField(help_text="The webhook-id header: the same for every attempt of the event.")
     attempt = serializers.IntegerField()
-    status = serializers.CharField(help_text="pending, succeeded, failed or disabled.")
+    status = serializers.ChoiceField(choices=WebhookStatus.choices, help_text="The attempt's state.")
     url = serializers.URLField()

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import NotFound
@@ -24,7 +25,14 @@ from imageproc.engine import csv_io
 from imageproc.storage import absolute_url, output_url_policy
 from requests_app.api.errors import ErrorSerializer, file_field_invalid
 from requests_app.api.pagination import StrictPageNumberPagination, page_url
-from requests_app.api.schema import AUTH_RESPONSES, FIELD_ERRORS_SCHEMA, NOT_FOUND_RESPONSES, UPLOAD_400
+from requests_app.api.schema import (
+    AUTH_RESPONSES,
+    FIELD_ERRORS_SCHEMA,
+    NOT_FOUND_RESPONSES,
+    UNSUPPORTED_MEDIA_TYPE_RESPONSES,
+    UPLOAD_400,
+    location_header,
+)
 from requests_app.api.serializers import (
     NoInputSerializer,
     ProductRow,
@@ -101,6 +109,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
                 required=False,
                 description=f"At most {IDEMPOTENCY_KEY_MAX} printable ASCII characters.",
             ),
+            location_header(200, 202),
             OpenApiParameter(
                 "Retry-After",
                 int,
@@ -119,6 +128,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
                 description="Too many uploads with this key (UPLOAD_THROTTLE_RATE; see Retry-After), or too many "
                 "requests of this client in progress (MAX_ACTIVE_REQUESTS_PER_CLIENT).",
             ),
+            **UNSUPPORTED_MEDIA_TYPE_RESPONSES,
             **AUTH_RESPONSES,
         },
     )
@@ -185,7 +195,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
     @extend_schema(
         parameters=[OpenApiParameter("partial", bool, description="Download before the request has finished.")],
         responses={
-            (200, "text/csv"): OpenApiResponse(description="The output CSV."),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The output CSV."),
             400: OpenApiResponse(FIELD_ERRORS_SCHEMA, description="`partial` is not a boolean."),
             409: OpenApiResponse(ErrorSerializer, description="The request has not finished; add ?partial=1."),
             **AUTH_RESPONSES,
@@ -221,6 +231,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
 
     @extend_schema(
         request=None,
+        parameters=[location_header(202)],
         responses={
             202: RetryResultSerializer,
             409: OpenApiResponse(ErrorSerializer, description="Not finished."),
