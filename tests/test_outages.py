@@ -37,7 +37,6 @@ import requests
 
 from tests.conftest import (
     ImageServer,
-    Route,
     Stack,
     _start_stack,
     csv_bytes,
@@ -160,13 +159,20 @@ class OwnRedis:
 
 
 class FaultyProxy:
-    """An HTTP proxy in front of the S3 endpoint (moto), which a test can make fail: `503`
-    answers every request with S3's ServiceUnavailable; `reset` closes every connection
-    without an answer (a refused or dropped connection, as the client sees it)."""
+    """An HTTP proxy in front of the S3 endpoint (moto), which fails on a plan: from the
+    `after`-th upload (PUT) on, each (mode, seconds) of the plan in turn, then back to `ok`.
+    `503` answers every request with S3's ServiceUnavailable; `reset` closes every
+    connection without an answer (a refused or dropped connection, as the client sees it).
+    Triggered by the uploads themselves, the outage falls in the middle of a request however
+    fast the service works."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
-        self.mode = "ok"
+        self.plan: list[tuple[str, float]] = []
+        self.after = 0
+        self.puts = 0
+        self.started: float | None = None
+        self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         proxy = self
 
@@ -176,7 +182,7 @@ class FaultyProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                mode = proxy.mode
+                mode = proxy.mode(put=self.command == "PUT")
                 proxy.counts[mode] += 1
                 if mode == "reset":
                     self.close_connection = True
@@ -222,6 +228,30 @@ class FaultyProxy:
         self.httpd.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def fail(self, plan: list[tuple[str, float]], *, after: int) -> None:
+        with self.lock:
+            self.plan, self.after, self.puts, self.started = plan, after, 0, None
+
+    def mode(self, *, put: bool = False) -> str:
+        with self.lock:
+            if put:
+                self.puts += 1
+                if self.plan and self.started is None and self.puts > self.after:
+                    self.started = time.monotonic()
+            if self.started is None:
+                return "ok"
+            elapsed = time.monotonic() - self.started
+            for mode, seconds in self.plan:
+                if elapsed < seconds:
+                    return mode
+                elapsed -= seconds
+            return "ok"
+
+    @property
+    def ends_at(self) -> float:
+        assert self.started is not None
+        return self.started + sum(seconds for _, seconds in self.plan)
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -383,21 +413,20 @@ def test_s3_down_for_20_seconds_fails_no_image(outages: Outages, module_image_se
     stack, proxy = outages.stack, outages.proxy
     body = make_image(320, 240)
     urls = [module_image_server.add(f"/s3-outage/{i}.jpg", body, delay=0.25) for i in range(60)]
+    # 20 s of outage from the 9th upload on: S3 answers 503 for 10 s, then drops every
+    # connection for 10 s.
+    proxy.fail([("503", 10), ("reset", 10)], after=8)
     request_id = upload(stack, products(urls))
-    wait_for(lambda: done_count(stack, request_id) >= 8, 60, "8 images done", stack)
-
-    # 20 s of outage: S3 answers 503 for 10 s, then drops every connection for 10 s.
+    wait_for(lambda: proxy.started, 60, "the outage to start", stack)
     done_before = done_count(stack, request_id)
-    proxy.mode = "503"
     storage_down = wait_for(
         lambda: health(stack)["checks"]["storage"]["ok"] is False, 8, "/health/ to report the storage down", stack
     )
-    time.sleep(10)
-    proxy.mode = "reset"
+    time.sleep(max(0.0, proxy.started + 15 - time.monotonic()))
+    assert proxy.mode() == "reset"
     assert health(stack)["checks"]["storage"]["ok"] is False
-    time.sleep(10)
-    proxy.mode = "ok"
-    ended = time.monotonic()
+    time.sleep(max(0.0, proxy.ends_at - time.monotonic()))
+    ended = proxy.ends_at
     wait_for(lambda: health(stack)["checks"]["storage"]["ok"] is True, 10, "/health/ to report the storage", stack)
 
     status, final = finished(stack, request_id, 150)
@@ -420,36 +449,63 @@ def test_s3_down_for_20_seconds_fails_no_image(outages: Outages, module_image_se
 # --- 2. An image origin ---------------------------------------------------------------------------
 
 
-def reset_connection(handler: BaseHTTPRequestHandler) -> None:
-    """Close the connection without an answer: the client sees a reset."""
-    handler.close_connection = True
+@dataclass
+class FlakyOrigin:
+    """An origin that goes down for `seconds` once it has served `after` images: the outage
+    falls in the middle of the request however fast the service downloads. While down, each
+    image answers one of three ways, by its number: 503, 429 with Retry-After, or a reset
+    connection (closed without an answer)."""
+
+    body: bytes
+    after: int
+    seconds: float
+    served: int = 0
+    started: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def down(self) -> bool:
+        with self.lock:
+            if self.started is None and self.served >= self.after:
+                self.started = time.monotonic()
+            return self.started is not None and time.monotonic() - self.started < self.seconds
+
+    def route(self, n: int) -> Callable[[BaseHTTPRequestHandler], None]:
+        def respond(handler: BaseHTTPRequestHandler) -> None:
+            if self.down():
+                if n % 3 == 2:
+                    return  # the connection closes without an answer
+                status, headers = (503, {}) if n % 3 == 0 else (429, {"Retry-After": "5"})
+                handler.send_response(status)
+                for key, value in {"Content-Type": "text/plain", "Content-Length": "0", **headers}.items():
+                    handler.send_header(key, value)
+                handler.end_headers()
+                return
+            time.sleep(0.3)
+            handler.send_response(200)
+            handler.send_header("Content-Type", "image/jpeg")
+            handler.send_header("Content-Length", str(len(self.body)))
+            handler.end_headers()
+            handler.wfile.write(self.body)
+            with self.lock:
+                self.served += 1
+
+        return respond
 
 
 def test_an_origin_down_for_15_seconds_then_back_fails_no_image(
     outages: Outages, module_image_server: ImageServer
 ) -> None:
     stack, server = outages.stack, module_image_server
-    body = make_image(320, 240)
-    flaky = [server.add(f"/origin-outage/{i}.jpg", body, delay=0.3) for i in range(40)]
+    origin = FlakyOrigin(make_image(320, 240), after=6, seconds=15)
+    flaky = [server.add(f"/origin-outage/{i}.jpg", b"", respond=origin.route(i)) for i in range(40)]
     missing = server.base_url + "/origin-outage/missing.jpg"  # 404, before, during and after
     page = server.add("/origin-outage/page.jpg", b"<html>not an image</html>", content_type="image/jpeg")
     request_id = upload(stack, products([*flaky[:20], missing, *flaky[20:], page]))
-    wait_for(lambda: done_count(stack, request_id) >= 6, 60, "6 images done", stack)
-
-    # 15 s down, three ways: 503, 429 with Retry-After, connections reset.
+    wait_for(lambda: origin.started, 60, "the origin to go down", stack)
     done_before = done_count(stack, request_id)
-    healthy = dict(server.routes)
-    for n, url in enumerate(flaky):
-        path = urlsplit(url).path
-        if n % 3 == 0:
-            server.routes[path] = Route(b"unavailable", "text/plain", 503)
-        elif n % 3 == 1:
-            server.routes[path] = Route(b"slow down", "text/plain", 429, headers={"Retry-After": "5"})
-        else:
-            server.routes[path] = Route(b"", respond=reset_connection)
-    time.sleep(15)
-    server.routes.update(healthy)
-    ended = time.monotonic()
+    assert origin.started is not None
+    time.sleep(max(0.0, origin.started + origin.seconds - time.monotonic()))
+    ended = origin.started + origin.seconds
 
     status, final = finished(stack, request_id, 150)
     assert status["status"] == "completed_with_errors", status
@@ -588,7 +644,7 @@ def test_redis_restarted_mid_request_loses_and_duplicates_nothing(
     record(
         outages,
         f"[outage] Redis shutdown nosave, back 10 s later, from {done_before}/64 done and a request of 16 "
-        f"queued behind (its dispatch task lost): done 80, failed 0, duplicate outputs 0, images downloaded "
+        f"uploaded just before: done 80, failed 0, duplicate outputs 0, images downloaded "
         f"again {downloaded_again}; the running request ended {final - ended:.1f} s after Redis came back; "
         f"the queued one ({taken_during}/16 of its images taken up by running tasks during the outage) "
         f"{later_final - ended:.1f} s after",
