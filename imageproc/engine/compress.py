@@ -317,7 +317,7 @@ def compress(data: bytes, options: CompressOptions | None = None) -> CompressRes
     if original is not None:
         candidates.append(original)
     best = min(candidates, key=lambda c: len(c.data))
-    if _is_graphic(source.pixels) or len(best.data) >= len(data):
+    if _is_graphic(source.pixels) or (len(best.data) >= len(data) and best.name != "original"):
         candidates.append(_lossless(source, "png" if opts.output_format == "jpeg" else "webp"))
     # Ties go to the better picture: the original, then lossless, then the re-encoding.
     order = {"original": 0, "lossless_png": 1, "lossless_webp": 1, "reencoded": 2}
