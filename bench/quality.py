@@ -64,7 +64,7 @@ ENCODERS: dict[str, tuple[str, Encoder]] = {
     "webp": ("webp", lambda im, q: encoders.encode_webp(im, q, meta=NO_META, icc=None)),
     "avif (speed 8)": ("avif", lambda im, q: encoders.encode_avif(im, q, meta=NO_META, icc=None)),
 }
-QUALITIES = (25, 45, 65, 85)
+QUALITIES = (30, 50, 65, 85)
 QUICK_QUALITIES = (50,)
 
 
@@ -116,8 +116,8 @@ def load_sources(quick: bool) -> tuple[list[Source], list[Source]]:
 
 
 def _decoded(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    """The output as shown on a white page: transparency flattened, like the reference."""
+    return np.asarray(_flattened(data))
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -137,7 +137,7 @@ def rate_distortion(
     """{encoder: {quality: {"bytes": [...], "score": [...], "encode_s": float}}}, and the
     (sample SSIM, SSIMULACRA2) pairs of the calibration set (even-numbered photographs)."""
     table: dict[str, Any] = {}
-    pairs: dict[str, list[tuple[float, float]]] = {}
+    pairs: dict[str, list[tuple[float, ...]]] = {}
     for name, (fmt, encode) in ENCODERS.items():
         if names and name not in names:
             continue
@@ -152,7 +152,8 @@ def rate_distortion(
                 value = ssimulacra2(source.reference, _decoded(data))
                 scores.append(value)
                 if pairs_wanted and name not in ("jpeg/jpegli", "jpeg/turbo (before)"):
-                    pairs.setdefault(fmt, []).append((_sample_ssim(source.rgb, encode, quality), value))
+                    features = _sample_features(source.rgb, encode, quality)
+                    pairs.setdefault(fmt, []).append((*features, value, photos.index(source), quality))
             table[name][str(quality)] = {"bytes": sizes, "score": scores, "encode_s": seconds}
             log(
                 f"  {name:22s} q{quality:<3d} {sum(sizes) / 1e6:7.2f} MB, SSIMULACRA2 mean "
@@ -161,11 +162,21 @@ def rate_distortion(
     return {"table": table, "pairs": pairs}
 
 
-def _sample_ssim(im: Image.Image, encode: Encoder, quality: int) -> float:
+def _sample_features(im: Image.Image, encode: Encoder, quality: int) -> tuple[float, ...]:
+    """What the run-time score sees of a trial: (its SSIM, the sample's activity)."""
     sample = auto_quality.sample(im)
-    data = encode(sample, quality)
-    with Image.open(io.BytesIO(data)) as decoded:
-        return auto_quality.ssim(auto_quality._luma(sample), auto_quality._luma(decoded))
+    reference = auto_quality._luma(sample)
+    decoded = auto_quality.decoded_luma(encode(sample, quality))
+    return (auto_quality.ssim(reference, decoded), auto_quality.activity(reference))
+
+
+def fit_model(pairs: list[tuple[float, ...]]) -> list[float]:
+    """Least squares of SSIMULACRA2 on (1, u, u^2, a) with u = -ln(1 - ssim) and a = the
+    sample's log activity: the coefficients of imaging.quality.CALIBRATION."""
+    rows = np.array([auto_quality.features(p[0], p[1]) for p in pairs])
+    target = np.array([p[2] for p in pairs])
+    coefficients, *_ = np.linalg.lstsq(rows, target, rcond=None)
+    return [round(float(c), 4) for c in coefficients]
 
 
 def fit_calibration(pairs: list[tuple[float, float]], bins: int = 10) -> list[tuple[float, float]]:
@@ -388,6 +399,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def markdown(results: dict[str, Any], chart_name: str) -> str:
     lines = [MARK_START, "## Encoders, formats and quality=auto (bench/quality.py)", ""]
+    lines += goals_table(results)
     lines.append(
         f"{results['photos']} photographs ({results['photos_mp']:.1f} MP, the bench/corpus.py quick set: "
         f"0.3-2 MP, JPEG q90-95 and PNG) and {results['graphics']} graphics (tests/graphics.py); "
@@ -451,10 +463,10 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
                 f"{e.get('saving_vs_fixed', math.nan):.1%} | {e['mp_per_s']:.1f} |"
             )
     if results.get("throughput"):
-        lines += ["", "### Throughput of compress() per mode (decode, candidates, encode; MP/s per core)", ""]
-        lines += ["| mode | MP/s | MB |", "|---|---|---|"]
+        lines += ["", "### Throughput of compress() per mode (decode, candidates, encode; one core)", ""]
+        lines += ["| mode | MP/s | CPU ms per MP | MB |", "|---|---|---|---|"]
         for name, e in results["throughput"].items():
-            lines.append(f"| {name} | {e['mp_per_s']:.1f} | {e['bytes'] / 1e6:.2f} |")
+            lines.append(f"| {name} | {e['mp_per_s']:.1f} | {1000 / e['mp_per_s']:.0f} | {e['bytes'] / 1e6:.2f} |")
     if results.get("never_larger"):
         e = results["never_larger"]
         lines += ["", "### Never larger", ""]
@@ -468,6 +480,67 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
             lines.append(f"- {line}")
     lines += ["", MARK_END]
     return "\n".join(lines)
+
+
+def goals_table(results: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    larger = results.get("never_larger")
+    if larger:
+        rows.append(("No output larger than its input", f"{len(larger['larger'])} of {larger['outputs']}", "0", None))
+        rows[-1] = (*rows[-1][:3], not larger["larger"])
+    default = results.get("jpeg_default", {})
+    through = results.get("throughput", {})
+    if "default_q50" in default and "all_turbo_q50" in default:
+        e, b = default["default_q50"], default["all_turbo_q50"]
+        saving = 1 - e["bytes"] / b["bytes"]
+        ok = saving >= 0.08 and e["mean"] >= b["mean"] and e["p5"] >= b["p5"]
+        rows.append(
+            (
+                "Default JPEG at 50: bytes saved at no lower SSIMULACRA2",
+                f"{saving:.1%}; mean {e['mean']:.2f} vs {b['mean']:.2f}, p5 {e['p5']:.2f} vs {b['p5']:.2f}",
+                "≥ 8%, mean and p5 ≥",
+                ok,
+            )
+        )
+    if "jpeg q50, tuned (default)" in through and "jpeg q50, turbo (before)" in through:
+        ratio = through["jpeg q50, tuned (default)"]["mp_per_s"] / through["jpeg q50, turbo (before)"]["mp_per_s"]
+        rows.append(("Default JPEG throughput vs before", f"{ratio:.2f}x", "≥ 0.9x", ratio >= 0.9))
+    auto = results.get("auto", {})
+    for fmt in ("jpeg", "webp", "avif"):
+        entry = auto.get(f"{fmt}/auto:good")
+        if entry:
+            rows.append(
+                (f"{fmt} auto: within ±3 of the target", f"{entry['within_3']:.0%}", "≥ 90%", entry["within_3"] >= 0.9)
+            )
+            if "saving_vs_fixed" in entry:
+                rows.append(
+                    (
+                        f"{fmt} auto: bytes below the lowest fixed quality reaching the target on 90%",
+                        f"{entry['saving_vs_fixed']:.1%} (vs q{entry['fixed_quality_90']:.0f})",
+                        "≥ 20%",
+                        entry["saving_vs_fixed"] >= 0.2,
+                    )
+                )
+    if "jpeg auto" in through and "jpeg q50, tuned (default)" in through:
+        ratio = through["jpeg auto"]["mp_per_s"] / through["jpeg q50, tuned (default)"]["mp_per_s"]
+        rows.append(("JPEG auto throughput vs fixed quality", f"{ratio:.2f}x", "≥ 0.5x", ratio >= 0.5))
+    if "avif/auto:good" in auto and "jpeg/auto:good" in auto:
+        saving = 1 - auto["avif/auto:good"]["bytes"] / auto["jpeg/auto:good"]["bytes"]
+        speed = through.get("avif auto", {}).get("mp_per_s", math.nan)
+        rows.append(
+            (
+                "AVIF auto: bytes below JPEG auto",
+                f"{saving:.1%} (AVIF auto {speed:.1f} MP/s per core)",
+                "≥ 30%",
+                saving >= 0.3,
+            )
+        )
+    if not rows:
+        return []
+    out = ["| goal | measured | target | met |", "|---|---|---|---|"]
+    for name, measured, target, met in rows:
+        out.append(f"| {name} | {measured} | {target} | {'yes' if met else 'no' if met is not None else '—'} |")
+    return [*out, ""]
 
 
 def write_section(markdown_text: str, path: Path) -> None:
@@ -548,9 +621,12 @@ def calibrate(log: Callable[[str], None] = print) -> None:
     configure_pillow()
     photos, _ = load_sources(quick=False)
     used = ("jpeg/tuned (default)", "webp", "avif (speed 8)")
-    data = rate_distortion(photos[::2], (20, 35, 50, 65, 80, 90), log, used, pairs_wanted=True)
-    fits = {fmt: fit_calibration(pairs) for fmt, pairs in data["pairs"].items()}
-    print("CALIBRATION = " + json.dumps(fits))
+    data = rate_distortion(photos, (40, 55, 70, 85), log, used, pairs_wanted=True)
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / "calibration-pairs.json").write_text(json.dumps(data["pairs"]))
+    even = {fmt: [p for p in pairs if p[-2] % 2 == 0] for fmt, pairs in data["pairs"].items()}
+    print("CALIBRATION = " + json.dumps({fmt: fit_model(pairs) for fmt, pairs in even.items()}))
 
 
 def main(argv: list[str] | None = None) -> int:
