@@ -14,6 +14,9 @@ class Product(models.Model):
     position = models.PositiveIntegerField()
     serial_number = models.CharField(max_length=255)
     product_name = models.CharField(max_length=1024)
+    # The cells of the upload's other columns, in order (csv_io.ParsedRow.extra): the output
+    # CSV puts them back in their places (ProcessingRequest.csv_header).
+    extra_cells = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ("request_id", "position")  # the column: ordering by the FK would join

@@ -14,6 +14,8 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from imageproc.engine import csv_io
+
 KEY_PREFIX_LENGTH = 8
 
 
@@ -153,6 +155,17 @@ class ProcessingRequest(models.Model):
     rate_mark_finished = models.PositiveIntegerField(default=0)
     rate_base_at = models.DateTimeField(null=True, blank=True)
     rate_base_finished = models.PositiveIntegerField(default=0)
+    # When a retry of its failed images put the finished request back to processing, and its
+    # finished count then: the rate and the ETA of the run count from there, not from
+    # started_at (requests_app.selectors.request_rate).
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumed_finished = models.PositiveIntegerField(default=0)
+    # The upload's columns as written and its dialect, as the CSV parser found them
+    # (imageproc.engine.csv_io.CsvLayout): the output CSV gives them back. Empty for requests
+    # made before they were recorded: the output then has the standard four columns in UTF-8.
+    csv_header = models.JSONField(default=list, blank=True)
+    csv_encoding = models.CharField(max_length=16, blank=True)
+    csv_delimiter = models.CharField(max_length=1, blank=True)
 
     class Meta:
         ordering = ("-created_at",)
@@ -194,6 +207,14 @@ class ProcessingRequest(models.Model):
             return None
         end = self.completed_at or timezone.now()
         return (end - self.started_at).total_seconds()
+
+    @property
+    def csv_dialect(self) -> csv_io.CsvDialect:
+        """The dialect the upload came in (UTF-8 with commas when it was not recorded)."""
+        return csv_io.CsvDialect(
+            encoding=self.csv_encoding or csv_io.STANDARD_DIALECT.encoding,
+            delimiter=self.csv_delimiter or csv_io.STANDARD_DIALECT.delimiter,
+        )
 
     def final_status(self) -> str:
         """The end state that the counters call for."""

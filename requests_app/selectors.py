@@ -17,6 +17,7 @@ from django.core.paginator import Page, Paginator
 from django.db.models import Count
 from django.utils import timezone
 
+from imageproc.engine import csv_io
 from imageproc.storage import output_url
 from products.models import ImageStatus, Product, ProductImage
 from requests_app.models import ProcessingRequest
@@ -96,25 +97,31 @@ def request_rate(*, request: ProcessingRequest, now: datetime | None = None) -> 
     of the workers (it halves within 20 s when another client arrives); before the first
     checkpoints, since the request started."""
     now = now or timezone.now()
-    finished = request.images_finished
-    elapsed = request.duration
+    # The run: since the request started, or since a retry resumed it (the images finished
+    # before do not count, nor the time between).
+    resumed_finished = request.resumed_finished or 0  # None in a document older than the field
+    finished = request.images_finished - resumed_finished
+    start = request.resumed_at or request.started_at
+    elapsed = ((request.completed_at or now) - start).total_seconds() if start else None
     if request.is_finished:
-        return finished / elapsed if elapsed and finished else None
+        return finished / elapsed if elapsed and finished > 0 else None
     for at, then in (
         (request.rate_base_at, request.rate_base_finished),
         (request.rate_mark_at, request.rate_mark_finished),
     ):
         # A checkpoint past the count: the request was reprocessed since.
-        if at is not None and then <= finished and (now - at).total_seconds() >= ETA_MIN_WINDOW:
-            return (finished - then) / (now - at).total_seconds()
-    return finished / elapsed if elapsed and finished else None
+        if at is not None and then <= request.images_finished and (now - at).total_seconds() >= ETA_MIN_WINDOW:
+            return (request.images_finished - then) / (now - at).total_seconds()
+    return finished / elapsed if elapsed and finished > 0 else None
 
 
 def request_progress(*, request: ProcessingRequest) -> Progress:
     finished = request.images_finished
     rate = request_rate(request=request)
     remaining = request.images_total - finished
-    enough = finished >= max(1, ETA_MIN_SHARE * request.images_total)
+    # Of this run's images (a retry's are the failed ones only).
+    resumed_finished = request.resumed_finished or 0
+    enough = finished - resumed_finished >= max(1, ETA_MIN_SHARE * (request.images_total - resumed_finished))
     eta = remaining / rate if rate and enough and remaining > 0 and not request.is_finished else None
     return Progress(
         images_total=request.images_total,
@@ -219,21 +226,52 @@ def failure_counts(*, request: ProcessingRequest) -> Counter[str]:
     )
 
 
-def request_output_rows(*, request: ProcessingRequest) -> Iterator[tuple[str, str, list[str], list[str | None]]]:
+def request_output_rows(
+    *, request: ProcessingRequest
+) -> Iterator[tuple[str, str, list[str], list[str | None], list[str]]]:
     """Rows of the output CSV in input order, URL lists positionally aligned: None where an
-    image is not done. Reads products in chunks by position (an index range, no OFFSET)."""
+    image is not done; last, the cells of the upload's other columns. Reads products in
+    chunks by position (an index range, no OFFSET)."""
     for start in range(0, request.products_total, OUTPUT_CHUNK):
         products = list(
             Product.objects.filter(request_id=request.pk, position__gte=start, position__lt=start + OUTPUT_CHUNK)
             .order_by("position")
-            .values_list("id", "serial_number", "product_name")
+            .values_list("id", "serial_number", "product_name", "extra_cells")
         )
         images = images_by_product([p[0] for p in products], fields=OUTPUT_FIELDS)
-        for product_id, serial, name in products:
+        for product_id, serial, name, extra in products:
             own = images[product_id]
             yield (
                 serial,
                 name,
                 [image.source_url for image in own],
                 [image.output_url for image in own],
+                list(extra or []),
             )
+
+
+# The dialects the output CSV is offered in (GET /csv/output?dialect=, process_csv --dialect).
+DIALECT_ORIGINAL = "original"  # the upload's encoding (a byte-order mark too) and delimiter
+DIALECT_STANDARD = "standard"  # UTF-8 without a byte-order mark, commas
+OUTPUT_DIALECTS = (DIALECT_ORIGINAL, DIALECT_STANDARD)
+
+
+@dataclass(frozen=True)
+class OutputCsv:
+    chunks: Iterator[bytes]
+    content_type: str
+
+
+def request_output_csv(*, request: ProcessingRequest, dialect: str = DIALECT_ORIGINAL, min_chunk: int = 0) -> OutputCsv:
+    """The output CSV as bytes, the one rendering that GET /csv/output, process_csv --output
+    and the stored output CSV share: every column of the upload in its place and
+    `Output Image Urls` appended, in the upload's dialect (`original`) or in UTF-8 with
+    commas (`standard`)."""
+    chosen = request.csv_dialect if dialect == DIALECT_ORIGINAL else csv_io.STANDARD_DIALECT
+    text = csv_io.render_output(
+        request_output_rows(request=request),
+        header=request.csv_header or (),
+        delimiter=chosen.delimiter,
+        min_chunk=min_chunk,
+    )
+    return OutputCsv(csv_io.encode_output(text, chosen), f"text/csv; charset={chosen.charset}")

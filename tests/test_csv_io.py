@@ -116,7 +116,8 @@ def test_header_punctuation_and_unicode_spaces_are_ignored() -> None:
 
 def test_original_design_header_and_column_order_and_extra_columns() -> None:
     data = csv_bytes(f"{A},note,Shirt,,9", header="image_urls,comment,product_name,,serial_number\n")
-    assert parse(data) == [ParsedRow(2, "9", "Shirt", (A,))]
+    # The other columns' cells are kept, in order, for the output (an unnamed one too).
+    assert parse(data) == [ParsedRow(2, "9", "Shirt", (A,), extra=("note", ""))]
 
 
 def test_url_cell_split_on_commas_and_line_breaks() -> None:
@@ -631,3 +632,79 @@ def test_output_can_be_uploaded_again() -> None:
         ParsedRow(2, "1", "Café", (A, B)),
         ParsedRow(3, "2", "b", (C,)),
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# The upload's layout: its columns and dialect, given back by the output
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_tab_separated_file_is_read_like_a_comma_separated_one() -> None:
+    data = csv_bytes(f"1\tShirt\t{A}, {B}", f"2\tHat\t{C}", header="S. No.\tProduct Name\tInput Image Urls\n")
+    parsed = csv_io.open_csv(data)
+    assert parsed.layout.dialect == csv_io.CsvDialect("utf-8", "\t")
+    assert list(parsed.rows) == [ParsedRow(2, "1", "Shirt", (A, B)), ParsedRow(3, "2", "Hat", (C,))]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "prefix", "delimiter", "found"),
+    [
+        ("utf-8", b"", ",", "utf-8"),
+        ("utf-8", b"\xef\xbb\xbf", ";", "utf-8-sig"),
+        ("cp1252", b"", ";", "cp1252"),
+    ],
+)
+def test_the_layout_records_the_encoding_and_delimiter_found(
+    encoding: str, prefix: bytes, delimiter: str, found: str
+) -> None:
+    header = delimiter.join(["Code", "S. No.", "Product Name", "Input Image Urls", "Prix €"]) + "\r\n"
+    data = prefix + csv_bytes(delimiter.join(["x1", "1", "Café", A, "9.50"]), header=header, encoding=encoding)
+    parsed = csv_io.open_csv(data)
+    assert parsed.layout.header == ("Code", "S. No.", "Product Name", "Input Image Urls", "Prix €")
+    assert parsed.layout.dialect == csv_io.CsvDialect(found, delimiter)
+    assert [row.extra for row in parsed.rows] == [("x1", "9.50")]
+
+
+def test_an_uploaded_output_column_and_trailing_empty_columns_are_dropped() -> None:
+    header = "Code,S. No.,Product Name,Input Image Urls,Output Image Urls,,\r\n"
+    parsed = csv_io.open_csv(csv_bytes(f"x1,1,Shirt,{A},https://old.example/a.jpg,,", header=header))
+    assert parsed.layout.header == ("Code", "S. No.", "Product Name", "Input Image Urls")
+    assert [row.extra for row in parsed.rows] == [("x1",)]
+
+
+def test_the_output_keeps_every_input_column_in_its_place() -> None:
+    header = ("Code", "image_urls", "Notes", "product_name", "", "serial_number", "=cmd")
+    rows = [
+        ("9", "Shirt", [A, B], [None, "https://out.example/b.jpg"], ("x1", "blue; cotton", "", "=2+2")),
+        ("10", "Hat", [C], ["https://out.example/c.jpg"], ("x2",)),  # a short row: the rest empty
+    ]
+    text = "".join(render_output(rows, header=header, delimiter=";"))
+    assert list(csv.reader(io.StringIO(text, newline=""), delimiter=";")) == [
+        [*header[:6], "'=cmd", "Output Image Urls"],
+        ["x1", f"{A},{B}", "blue; cotton", "Shirt", "", "9", "'=2+2", ",https://out.example/b.jpg"],
+        ["x2", C, "", "Hat", "", "10", "", "https://out.example/c.jpg"],
+    ]
+
+
+def test_an_output_in_the_uploads_dialect_parses_back_to_the_same_layout() -> None:
+    header = "Code;S. No.;Product Name;Input Image Urls\r\n"
+    upload = b"\xef\xbb\xbf" + csv_bytes(f"x1;1;Café;{A}", header=header)
+    parsed = csv_io.open_csv(upload)
+    rows = [(r.serial_number, r.product_name, r.urls, [None], r.extra) for r in parsed.rows]
+    layout = parsed.layout
+    chunks = render_output(rows, header=layout.header, delimiter=layout.dialect.delimiter)
+    data = b"".join(csv_io.encode_output(chunks, layout.dialect))
+    assert data.startswith(b"\xef\xbb\xbfCode;S. No.;")
+    again = csv_io.open_csv(data)
+    assert again.layout.dialect == layout.dialect
+    assert again.layout.header == layout.header  # its Output Image Urls column dropped
+    assert [(r.serial_number, r.product_name, r.urls, r.extra) for r in again.rows] == [("1", "Café", (A,), ("x1",))]
+
+
+def test_encode_output_in_cp1252_and_utf8() -> None:
+    chunks = ["Café;1\r\n", "Thé;2\r\n"]
+    assert b"".join(csv_io.encode_output(chunks, csv_io.CsvDialect("cp1252", ";"))) == "".join(chunks).encode("cp1252")
+    assert b"".join(csv_io.encode_output(chunks)) == "".join(chunks).encode("utf-8")
+    with_bom = b"".join(csv_io.encode_output(chunks, csv_io.CsvDialect("utf-8-sig", ";")))
+    assert with_bom == b"\xef\xbb\xbf" + "".join(chunks).encode("utf-8")
+    assert csv_io.CsvDialect("cp1252").charset == "windows-1252" and csv_io.STANDARD_DIALECT.charset == "utf-8"

@@ -148,3 +148,39 @@ def test_retry_and_reprocess_refuse_a_running_request_dry_run_or_not(dry_run: bo
     with pytest.raises(RequestNotFinished, match="reprocess it once it has finished"):
         request_reprocess(request=request, dry_run=dry_run)
     assert ProductImage.objects.filter(status=ImageStatus.FAILED).count() == 1
+
+
+def test_after_a_retry_the_rate_and_time_left_count_from_the_resumption() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from requests_app.selectors import request_progress
+
+    hour_ago = timezone.now() - timedelta(hours=1)
+    request = finished_request(done=90, failed=10)
+    # The first run: started an hour ago, 100 images in a minute, its last checkpoints kept.
+    ProcessingRequest.objects.filter(pk=request.pk).update(
+        started_at=hour_ago,
+        completed_at=hour_ago + timedelta(minutes=1),
+        rate_base_at=hour_ago + timedelta(seconds=50),
+        rate_base_finished=90,
+        rate_mark_at=hour_ago + timedelta(seconds=58),
+        rate_mark_finished=100,
+    )
+    request.refresh_from_db()
+    assert request_retry_failed(request=request) == 10
+    request.refresh_from_db()
+    assert request.status == RequestStatus.PROCESSING
+    assert request.resumed_at is not None and request.resumed_finished == 90
+    assert request_progress(request=request).eta_seconds is None  # nothing finished in this run yet
+
+    # Five of the ten retried images finished in the five seconds since: 1 a second, 5 s left
+    # (counted from the start an hour ago: 95 images an hour, three minutes left).
+    ProcessingRequest.objects.filter(pk=request.pk).update(
+        images_done=95, resumed_at=timezone.now() - timedelta(seconds=5)
+    )
+    request.refresh_from_db()
+    progress = request_progress(request=request)
+    assert progress.rate == pytest.approx(1.0, rel=0.3)
+    assert progress.eta_seconds is not None and 3 <= progress.eta_seconds <= 8

@@ -31,19 +31,26 @@ from imageproc.engine.http import InvalidUrl, validate_url
 
 __all__ = [
     "COLUMN_NAME",
+    "COLUMN_OUTPUT",
     "COLUMN_SERIAL",
     "COLUMN_URLS",
     "FIELD_SIZE_LIMIT",
     "MAX_URL_CHARS",
     "OUTPUT_HEADER",
+    "STANDARD_DIALECT",
     "URL_JOINER",
+    "CsvDialect",
     "CsvInvalid",
+    "CsvLayout",
     "CsvLimits",
     "CsvTooLarge",
+    "ParsedCsv",
     "ParsedRow",
     "RowError",
+    "encode_output",
     "escape_cell",
     "iter_parse",
+    "open_csv",
     "parse",
     "render_output",
     "split_urls",
@@ -77,7 +84,8 @@ COLUMN_SERIAL = "S. No."
 COLUMN_NAME = "Product Name"
 COLUMN_URLS = "Input Image Urls"
 
-OUTPUT_HEADER = ("S. No.", "Product Name", "Input Image Urls", "Output Image Urls")
+COLUMN_OUTPUT = "Output Image Urls"
+OUTPUT_HEADER = (COLUMN_SERIAL, COLUMN_NAME, COLUMN_URLS, COLUMN_OUTPUT)
 
 #: Separator between the URLs of one cell in the *output* CSV. No space: machine-friendly, and
 #: positional alignment stays visible ("a,,c" = the second image failed). ``parse`` accepts
@@ -126,6 +134,44 @@ class ParsedRow:
     serial_number: str  # as written (stripped)
     product_name: str
     urls: tuple[str, ...]
+    # The cells of the upload's other columns (CsvLayout.header less the three above), in
+    # order, as written: the output CSV gives them back where they were.
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How a CSV file is written: what the parser found in an upload, and what the output
+    is written in."""
+
+    encoding: str = "utf-8"  # "utf-8", "utf-8-sig" (with a byte-order mark) or "cp1252"
+    delimiter: str = ","  # ",", ";" or a tab
+
+    @property
+    def charset(self) -> str:
+        """The Content-Type charset of a file in this dialect."""
+        return "windows-1252" if self.encoding == "cp1252" else "utf-8"
+
+
+#: UTF-8 without a byte-order mark, with commas (RFC 4180).
+STANDARD_DIALECT = CsvDialect()
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """An upload's columns as written, in order (an `Output Image Urls` column of its own
+    dropped: the output appends its own), and its dialect."""
+
+    header: tuple[str, ...]
+    dialect: CsvDialect
+
+
+@dataclass(frozen=True)
+class ParsedCsv:
+    """What open_csv read: the upload's layout, then its rows as a stream (see iter_parse)."""
+
+    layout: CsvLayout
+    rows: Iterator[ParsedRow]
 
 
 @dataclass(frozen=True)
@@ -289,22 +335,24 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-def _open_text(raw: bytes) -> io.TextIOWrapper:
-    """A text stream over ``raw`` (no copy: BytesIO shares an immutable bytes object).
+def _open_text(raw: bytes) -> tuple[io.TextIOWrapper, str]:
+    """A text stream over ``raw`` (no copy: BytesIO shares an immutable bytes object), and
+    the encoding found: "utf-8", "utf-8-sig" (UTF-8 with a byte-order mark) or "cp1252".
 
     ``newline=""`` keeps line endings untranslated as the csv module requires, while still
     splitting lines on CRLF, LF and lone CR (old Mac Excel exports).
     """
     buffer = io.BytesIO(raw)
     if _is_utf8(raw):
-        return io.TextIOWrapper(buffer, encoding="utf-8-sig", newline="")
+        encoding = "utf-8-sig" if raw.startswith(_UTF8_BOM) else "utf-8"
+        return io.TextIOWrapper(buffer, encoding="utf-8-sig", newline=""), encoding
     if _CP1252_UNDEFINED.search(raw):
         raise _file_error(
             "The file is neither UTF-8 nor Windows-1252 text. Save it as 'CSV UTF-8' and upload it again."
         )
     if raw.startswith(_UTF8_BOM):  # a UTF-8 BOM on a file that is not UTF-8: drop it anyway
         buffer.seek(len(_UTF8_BOM))
-    return io.TextIOWrapper(buffer, encoding="cp1252", newline="")
+    return io.TextIOWrapper(buffer, encoding="cp1252", newline=""), "cp1252"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,10 +375,15 @@ def _recognised(cells: list[str]) -> int:
     return len({_ALIAS_TO_COLUMN[k] for k in map(_header_key, cells) if k in _ALIAS_TO_COLUMN})
 
 
+# The delimiters accepted, in order of preference when they recognise as many columns.
+DELIMITERS = (",", ";", "\t")
+
+
 def _sniff_delimiter(first_line: str) -> str:
-    """``,`` or ``;``: whichever splits the header line into more of the expected columns."""
+    """``,``, ``;`` or a tab: whichever splits the header line into more of the expected
+    columns."""
     best, best_score = ",", -1
-    for delimiter in (",", ";"):
+    for delimiter in DELIMITERS:
         try:
             cells = next(csv.reader([first_line], delimiter=delimiter, skipinitialspace=True), [])
         except csv.Error:
@@ -341,13 +394,27 @@ def _sniff_delimiter(first_line: str) -> str:
     return best
 
 
+# An upload's own `Output Image Urls` column (an output CSV uploaded again) is dropped: the
+# output appends its own.
+_OUTPUT_KEY = _header_key(COLUMN_OUTPUT)
+
+
+def _kept_columns(header: list[str]) -> list[int]:
+    """The indexes of the columns the output gives back: every one but an `Output Image
+    Urls` column and the empty names at the end of the header row (a trailing delimiter)."""
+    width = len(header)
+    while width and not header[width - 1].strip():
+        width -= 1
+    return [index for index in range(width) if _header_key(header[index]) != _OUTPUT_KEY]
+
+
 def _map_header(header: list[str], errors: _Errors) -> dict[str, int]:
     """Canonical column -> index; adds an error (row 1) per missing or duplicated column."""
     positions: dict[str, int] = {}
     for index, name in enumerate(header):
         column = _ALIAS_TO_COLUMN.get(_header_key(name))
         if column is None:
-            continue  # extra columns (and empty trailing ones) are ignored
+            continue  # other columns are not ours: kept as they are (_kept_columns)
         if column in positions:
             first = positions[column]
             errors.add(
@@ -424,9 +491,16 @@ def iter_parse(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> I
     some rows were yielded, so a caller storing rows as they come does so in a transaction
     that the exception rolls back. A 20 MB upload then never exists as 200,000 objects.
     """
+    yield from open_csv(data, limits=limits).rows
+
+
+def open_csv(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> ParsedCsv:
+    """Read the file's header at once (CsvTooLarge, or CsvInvalid for a file that is not
+    text or a header without the three columns) and return its layout, with its rows as
+    the stream ``iter_parse`` yields."""
     raw = _read_limited(data, limits.max_bytes)
     _check_text(raw)
-    text = _open_text(raw)
+    text, encoding = _open_text(raw)
     del raw  # a file object's bytes now live only inside ``text``'s buffer
 
     errors = _Errors(limits.max_errors)
@@ -441,19 +515,37 @@ def iter_parse(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> I
         strict=True,  # a broken quote is an error with its row, not a silently merged file
     )
 
-    row_no = 1  # spreadsheet row of the last record read; the header is row 1
     try:
         header = next(reader, [])
     except csv.Error as exc:
         raise _file_error(f"The header row cannot be read: {_csv_error_message(exc, delimiter)}") from None
     positions = _map_header(header, errors)
     errors.raise_if_any()  # without a usable header the rows cannot be read
+    ours = set(positions.values())
+    extra_columns = [index for index in _kept_columns(header) if index not in ours]
+    layout = CsvLayout(
+        header=tuple(header[index] for index in _kept_columns(header)),
+        dialect=CsvDialect(encoding=encoding, delimiter=delimiter),
+    )
+    return ParsedCsv(layout, _rows(reader, header, positions, extra_columns, delimiter, limits, errors))
+
+
+def _rows(
+    reader: Iterator[list[str]],
+    header: list[str],
+    positions: dict[str, int],
+    extra_columns: list[int],
+    delimiter: str,
+    limits: CsvLimits,
+    errors: _Errors,
+) -> Iterator[ParsedRow]:
     i_serial, i_name, i_urls = (
         positions[COLUMN_SERIAL],
         positions[COLUMN_NAME],
         positions[COLUMN_URLS],
     )
     width = len(header)
+    row_no = 1  # spreadsheet row of the last record read; the header is row 1
 
     yielded = 0
     first_row_of_serial: dict[str, int] = {}
@@ -481,6 +573,7 @@ def iter_parse(data: bytes | IO[bytes], *, limits: CsvLimits = CsvLimits()) -> I
                 limits,
                 errors,
                 first_row_of_serial,
+                extra_columns,
             )
             if row is not None and not errors.total:
                 yielded += 1  # once a problem is found the rows are no longer needed
@@ -503,6 +596,7 @@ def _parse_row(
     limits: CsvLimits,
     errors: _Errors,
     first_row_of_serial: dict[str, int],
+    extra_columns: list[int],
 ) -> ParsedRow | None:
     def cell(index: int) -> str:
         return cells[index].strip() if index < len(cells) else ""
@@ -560,7 +654,8 @@ def _parse_row(
 
     if errors.total != before:
         return None
-    return ParsedRow(row=row_no, serial_number=serial, product_name=name, urls=tuple(urls))
+    extra = tuple(cells[index] if index < len(cells) else "" for index in extra_columns)
+    return ParsedRow(row=row_no, serial_number=serial, product_name=name, urls=tuple(urls), extra=extra)
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,24 +689,41 @@ def _url_for_cell(url: str | None) -> str:
     return "" if url is None else url.replace(",", "%2C")
 
 
+OutputRow = (
+    tuple[str, str, Sequence[str], Sequence[str | None]]
+    | tuple[str, str, Sequence[str], Sequence[str | None], Sequence[str]]
+)
+
+
 def render_output(
-    rows: Iterable[tuple[str, str, Sequence[str], Sequence[str | None]]],
+    rows: Iterable[OutputRow],
     *,
+    header: Sequence[str] = (),
+    delimiter: str = ",",
     min_chunk: int = 0,
 ) -> Iterator[str]:
     """Yield the result CSV as text chunks for a streaming response.
 
-    Each row is ``(serial, name, input_urls, output_urls)``; ``output_urls[i]`` belongs to
+    Each row is ``(serial, name, input_urls, output_urls)`` or ``(..., extra)`` with the
+    cells of the upload's other columns (ParsedRow.extra); ``output_urls[i]`` belongs to
     ``input_urls[i]`` (``None`` = failed or not done, written as an empty slot: "a,,c").
+    ``header`` is the upload's (CsvLayout.header): every column comes back in its place and
+    `Output Image Urls` is appended; without one, the columns are OUTPUT_HEADER.
     The first chunk is the header line; then, by default, one chunk per row. With
     ``min_chunk > 0`` rows are batched into chunks of at least that many characters (chunks
     always end on a line boundary). RFC 4180: QUOTE_MINIMAL, CRLF line endings. Encode the
-    chunks as UTF-8 (prefix a BOM "\\ufeff" if Excel must detect UTF-8).
+    chunks with encode_output.
 
     Raises ValueError if a row's output list is not as long as its input list.
     """
     buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer = csv.writer(buffer, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    # Where each of our three columns sits in the upload's header; the others take the
+    # row's extra cells in order.
+    positions = {_ALIAS_TO_COLUMN.get(_header_key(name)): index for index, name in enumerate(header)}
+    slots = [positions.get(column) for column in (COLUMN_SERIAL, COLUMN_NAME, COLUMN_URLS)]
+    if header and None in slots:
+        raise ValueError(f"the header {list(header)!r} lacks one of the three columns")
 
     def take() -> str:
         chunk = buffer.getvalue()
@@ -619,22 +731,37 @@ def render_output(
         buffer.truncate()
         return chunk
 
-    writer.writerow(OUTPUT_HEADER)
+    writer.writerow([escape_cell(name) for name in header] + [COLUMN_OUTPUT] if header else OUTPUT_HEADER)
     yield take()
-    for serial, name, inputs, outputs in rows:
+    for row in rows:
+        serial, name, inputs, outputs = row[:4]
         if len(inputs) != len(outputs):
             raise ValueError(
                 f"row {serial!r}: {len(inputs)} input URLs but {len(outputs)} output slots; they must be aligned"
             )
-        writer.writerow(
-            (
-                escape_cell(serial),
-                escape_cell(name),
-                escape_cell(URL_JOINER.join(_url_for_cell(u) for u in inputs)),
-                escape_cell(URL_JOINER.join(_url_for_cell(u) for u in outputs)),
-            )
-        )
+        ours = (serial, name, URL_JOINER.join(_url_for_cell(u) for u in inputs))
+        cells: list[str] = list(ours)
+        if header:
+            extra = iter(row[4] if len(row) > 4 else ())
+            by_slot = dict(zip(slots, ours, strict=True))
+            cells = [by_slot[index] if index in by_slot else next(extra, "") for index in range(len(header))]
+        cells.append(URL_JOINER.join(_url_for_cell(u) for u in outputs))
+        writer.writerow([escape_cell(cell) for cell in cells])
         if buffer.tell() >= min_chunk:
             yield take()
     if buffer.tell():
         yield take()
+
+
+def encode_output(chunks: Iterable[str], dialect: CsvDialect = STANDARD_DIALECT) -> Iterator[bytes]:
+    """The chunks of render_output as bytes in ``dialect``'s encoding, a byte-order mark
+    first for "utf-8-sig". In cp1252 a character it lacks becomes "?": the upload's own
+    cells came from cp1252 and the output URLs are ASCII, so only a non-ASCII
+    PUBLIC_BASE_URL could meet it."""
+    first = True
+    for chunk in chunks:
+        if dialect.encoding == "cp1252":
+            yield chunk.encode("cp1252", errors="replace")
+        else:
+            yield (_UTF8_BOM if first and dialect.encoding == "utf-8-sig" else b"") + chunk.encode("utf-8")
+        first = False

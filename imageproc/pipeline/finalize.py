@@ -14,12 +14,11 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from imageproc.engine import csv_io
 from imageproc.engine.naming import csv_output_name
 from imageproc.pipeline.transient import retry_call
 from imageproc.storage import storage_error_is_transient
 from requests_app.models import ProcessingRequest, RequestStatus
-from requests_app.selectors import request_output_rows
+from requests_app.selectors import request_output_csv
 from requests_app.services import webhooks
 
 logger = logging.getLogger(__name__)
@@ -61,11 +60,13 @@ def request_finalize(*, request_id: Any) -> str | None:
     if request is None:
         return None
     name = csv_output_name(request.pk)
-    content = "".join(csv_io.render_output(request_output_rows(request=request))).encode("utf-8")
+    # As GET /csv/output answers by default: in the upload's columns and dialect.
+    output = request_output_csv(request=request)
+    content = b"".join(output.chunks)
 
     def save() -> str:
         csv_file = ContentFile(content, name=name)
-        csv_file.content_type = "text/csv; charset=utf-8"  # type: ignore[attr-defined]
+        csv_file.content_type = output.content_type  # type: ignore[attr-defined]
         return default_storage.save(name, csv_file)
 
     # The storage briefly down: tried again with backoff, as image uploads are.

@@ -47,7 +47,14 @@ from requests_app.api.serializers import (
 )
 from requests_app.api.throttling import UploadThrottle
 from requests_app.models import ProcessingRequest
-from requests_app.selectors import PageOutOfRange, product_page, request_output_rows, request_progress
+from requests_app.selectors import (
+    DIALECT_ORIGINAL,
+    OUTPUT_DIALECTS,
+    PageOutOfRange,
+    product_page,
+    request_output_csv,
+    request_progress,
+)
 from requests_app.services import webhooks
 from requests_app.services.errors import RequestNotFinished
 from requests_app.services.requests import RequestOptions, request_create, request_retry_failed
@@ -193,17 +200,31 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
         return Response(RequestStatusSerializer(answer).data)
 
     @extend_schema(
-        parameters=[OpenApiParameter("partial", bool, description="Download before the request has finished.")],
+        parameters=[
+            OpenApiParameter("partial", bool, description="Download before the request has finished."),
+            OpenApiParameter(
+                "dialect",
+                str,
+                enum=OUTPUT_DIALECTS,
+                default=DIALECT_ORIGINAL,
+                description="original: the upload's encoding (UTF-8, with its byte-order mark if it had one, or "
+                "Windows-1252) and delimiter; standard: UTF-8 without a byte-order mark, with commas.",
+            ),
+        ],
         responses={
             (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="The output CSV."),
-            400: OpenApiResponse(FIELD_ERRORS_SCHEMA, description="`partial` is not a boolean."),
+            400: OpenApiResponse(
+                FIELD_ERRORS_SCHEMA, description="`partial` is not a boolean, or `dialect` not one of its values."
+            ),
             409: OpenApiResponse(ErrorSerializer, description="The request has not finished; add ?partial=1."),
             **AUTH_RESPONSES,
             **NOT_FOUND_RESPONSES,
         },
     )
     def output(self, request: Request, pk: str) -> StreamingHttpResponse | Response:
-        """The output CSV: the input columns plus `Output Image Urls`, aligned with the inputs."""
+        """The output CSV: every column of the upload in its place, plus `Output Image Urls`,
+        aligned with the inputs; in the upload's encoding and delimiter unless
+        ?dialect=standard."""
         obj = self.get_object()
         partial = False
         if "partial" in request.query_params:
@@ -212,14 +233,15 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
                 partial = serializers.BooleanField().to_internal_value(request.query_params["partial"])
             except serializers.ValidationError as exc:
                 raise serializers.ValidationError({"partial": exc.detail}) from None
+        dialect = request.query_params.get("dialect", DIALECT_ORIGINAL)
+        if dialect not in OUTPUT_DIALECTS:
+            raise serializers.ValidationError({"dialect": [f"One of: {', '.join(OUTPUT_DIALECTS)}."]})
         if not obj.is_finished and not partial:
             raise RequestNotFinished(
                 f"The request is {obj.status}; download it once it has finished, or add ?partial=1."
             )
-        rows = request_output_rows(request=obj)
-        response = StreamingHttpResponse(
-            (chunk.encode("utf-8") for chunk in csv_io.render_output(rows)), content_type="text/csv; charset=utf-8"
-        )
+        output = request_output_csv(request=obj, dialect=dialect)
+        response = StreamingHttpResponse(output.chunks, content_type=output.content_type)
         response["Content-Disposition"] = f'attachment; filename="output-{obj.pk}.csv"'
         return response
 

@@ -141,7 +141,12 @@ def request_create(
             # 20 MB file never exists as 200,000 model objects at once. A problem found
             # further down raises here, and the transaction stores nothing. The request row
             # goes in last, with its totals: the foreign keys to it are checked at commit.
-            rows = csv_io.iter_parse(csv_file, limits=csv_limits())
+            parsed = csv_io.open_csv(csv_file, limits=csv_limits())
+            # Its columns and dialect, for an output CSV that fits the shop's spreadsheet.
+            request.csv_header = list(parsed.layout.header)
+            request.csv_encoding = parsed.layout.dialect.encoding
+            request.csv_delimiter = parsed.layout.dialect.delimiter
+            rows = parsed.rows
             products_total = images_total = 0
             while chunk := list(itertools.islice(rows, INGEST_CHUNK)):
                 images_total += _store_rows(request, chunk, first_position=products_total)
@@ -187,6 +192,7 @@ def _store_rows(request: ProcessingRequest, rows: list[csv_io.ParsedRow], *, fir
             position=position,
             serial_number=row.serial_number,
             product_name=row.product_name,
+            extra_cells=list(row.extra),
         )
         products.append(product)
         for index, url in enumerate(row.urls):
@@ -255,6 +261,12 @@ def request_retry_failed(*, request: ProcessingRequest, dry_run: bool = False) -
                 images_failed=F("images_failed") - reset,
                 completed_at=None,
                 updated_at=now,
+                # The rate and the ETA of this run count from now, from the images finished
+                # now; the checkpoints of the last run would count the retried ones as lost.
+                resumed_at=now,
+                resumed_finished=F("images_done") + F("images_failed") - reset,
+                rate_base_at=None,
+                rate_mark_at=None,
             )
             transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
     request.refresh_from_db()
@@ -284,6 +296,10 @@ def request_reprocess(*, request: ProcessingRequest, dry_run: bool = False) -> i
             started_at=None,
             completed_at=None,
             updated_at=now,
+            resumed_at=None,
+            resumed_finished=0,
+            rate_base_at=None,
+            rate_mark_at=None,
         )
         transaction.on_commit(lambda: async_task("imageproc.tasks.dispatch_request", str(request.pk)))
     request.refresh_from_db()

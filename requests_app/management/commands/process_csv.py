@@ -31,7 +31,15 @@ from imageproc.engine import csv_io
 from imageproc.storage import absolute_url
 from requests_app.formatting import human_bytes
 from requests_app.models import OutputFormat, ProcessingRequest
-from requests_app.selectors import Progress, failed_images, failure_counts, request_output_rows, request_progress
+from requests_app.selectors import (
+    DIALECT_ORIGINAL,
+    OUTPUT_DIALECTS,
+    Progress,
+    failed_images,
+    failure_counts,
+    request_output_csv,
+    request_progress,
+)
 from requests_app.services.clients import api_client_create
 from requests_app.services.errors import InvalidOptions, ServiceError
 from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, RequestOptions, request_create
@@ -172,13 +180,13 @@ def admin_url(obj: ProcessingRequest) -> str:
     return absolute_url(reverse("admin:requests_app_processingrequest_change", args=[obj.pk]))
 
 
-def write_output(obj: ProcessingRequest, path: Path) -> int:
-    """The output CSV, as GET /csv/output serves it; returns the rows written."""
+def write_output(obj: ProcessingRequest, path: Path, dialect: str = DIALECT_ORIGINAL) -> int:
+    """The output CSV, byte for byte as GET /csv/output serves it; returns the rows written."""
     rows = 0
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        for chunk in csv_io.render_output(request_output_rows(request=obj), min_chunk=64 * 1024):
+    with path.open("wb") as handle:
+        for chunk in request_output_csv(request=obj, dialect=dialect, min_chunk=64 * 1024).chunks:
             handle.write(chunk)
-            rows += chunk.count("\r\n")
+            rows += chunk.count(b"\r\n")
     return rows - 1  # the header
 
 
@@ -213,7 +221,13 @@ def summary(obj: ProcessingRequest, out: OutputWrapper, style: Any) -> None:
 
 
 def finish(
-    command: BaseCommand, obj: ProcessingRequest, *, output: Path | None, timeout: float | None, interval: float
+    command: BaseCommand,
+    obj: ProcessingRequest,
+    *,
+    output: Path | None,
+    timeout: float | None,
+    interval: float,
+    dialect: str = DIALECT_ORIGINAL,
 ) -> None:
     """Follow the request to its end, write the output CSV, print the summary, and exit 2 when
     images failed. Shared by process_csv and reprocess."""
@@ -224,7 +238,7 @@ def finish(
             f"Stopped waiting; the request goes on in the background: {admin_url(obj)}", returncode=130
         ) from None
     if output is not None:
-        rows = write_output(obj, output)
+        rows = write_output(obj, output, dialect)
         command.stdout.write(f"Wrote {output} ({rows} products).")
     summary(obj, command.stdout, command.style)
     if obj.images_failed:
@@ -278,6 +292,13 @@ class Command(BaseCommand):
             default=None,
             help="Write the output CSV here (implies --wait; default with --wait: "
             "FILE's name with -output.csv, next to it).",
+        )
+        parser.add_argument(
+            "--dialect",
+            choices=OUTPUT_DIALECTS,
+            default=DIALECT_ORIGINAL,
+            help="The output CSV's encoding and delimiter: the upload's (original, the default), or UTF-8 "
+            "with commas (standard), as GET /csv/output?dialect= offers them.",
         )
         parser.add_argument(
             "--timeout", type=float, default=None, help="Stop waiting after this many seconds (exit 3)."
@@ -334,7 +355,14 @@ class Command(BaseCommand):
         if not wait:
             return
         warn_without_workers(self)
-        finish(self, obj, output=output, timeout=options["timeout"], interval=options["interval"])
+        finish(
+            self,
+            obj,
+            output=output,
+            timeout=options["timeout"],
+            interval=options["interval"],
+            dialect=options["dialect"],
+        )
 
     def owner(self, name: str | None) -> User:
         if name is None:
