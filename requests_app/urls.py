@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.urls import re_path
 
 from requests_app.api.views import ProcessingRequestViewSet
@@ -9,15 +11,25 @@ from requests_app.api.views import ProcessingRequestViewSet
 # here made Django answer its HTML 404 page instead (found by schemathesis).
 ID = r"(?P<pk>[^/]+)"
 
+
+def endpoint(actions: dict[str, str], title: str) -> Any:
+    """The viewset's view for `actions`, with its own title in the browsable API and the
+    action's docstring as its description (without them every page says "Processing Request")."""
+    action = next(iter(actions.values()))
+    description = getattr(ProcessingRequestViewSet, action).__doc__ or ""
+    return ProcessingRequestViewSet.as_view(actions, name=title, description=description)
+
+
 urlpatterns = [
-    re_path(r"^csv/upload/?$", ProcessingRequestViewSet.as_view({"post": "upload"}), name="csv-upload"),
-    re_path(rf"^csv/status/{ID}/?$", ProcessingRequestViewSet.as_view({"get": "status"}), name="csv-status"),
-    re_path(rf"^csv/output/{ID}/?$", ProcessingRequestViewSet.as_view({"get": "output"}), name="csv-output"),
-    re_path(r"^csv/requests/?$", ProcessingRequestViewSet.as_view({"get": "list"}), name="csv-requests"),
-    re_path(rf"^csv/requests/{ID}/retry/?$", ProcessingRequestViewSet.as_view({"post": "retry"}), name="csv-retry"),
+    # GET shows the browsable API's upload form (a JSON client still gets 405).
+    re_path(r"^csv/upload/?$", endpoint({"post": "upload", "get": "upload_form"}, "Upload a CSV"), name="csv-upload"),
+    re_path(rf"^csv/status/{ID}/?$", endpoint({"get": "status"}, "Request status"), name="csv-status"),
+    re_path(rf"^csv/output/{ID}/?$", endpoint({"get": "output"}, "Output CSV"), name="csv-output"),
+    re_path(r"^csv/requests/?$", endpoint({"get": "list"}, "Your requests"), name="csv-requests"),
+    re_path(rf"^csv/requests/{ID}/retry/?$", endpoint({"post": "retry"}, "Retry failed images"), name="csv-retry"),
     re_path(
         rf"^csv/requests/{ID}/webhook/resend/?$",
-        ProcessingRequestViewSet.as_view({"post": "webhook_resend"}),
+        endpoint({"post": "webhook_resend"}, "Resend the webhook"),
         name="csv-webhook-resend",
     ),
 ]

@@ -17,7 +17,7 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import MethodNotAllowed, NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -80,7 +80,7 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
         return ProcessingRequest.objects.filter(owner_id=self.request.user.pk).order_by("-created_at")
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
-        if self.action == "upload":
+        if self.action in ("upload", "upload_form"):
             return UploadSerializer
         if self.action in ("retry", "webhook_resend"):
             # No input: the browsable API then shows a bare POST button, not a summary's fields.
@@ -173,6 +173,14 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
         body = UploadResultSerializer(processing_request).data
         code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
         return Response(body, status=code, headers={"Location": body["status_url"]})
+
+    @extend_schema(exclude=True)
+    def upload_form(self, request: Request) -> Response:
+        """GET /csv/upload: only the browsable API has something to show, its upload form;
+        any other client is told to POST."""
+        if getattr(request.accepted_renderer, "format", None) != "api":
+            raise MethodNotAllowed(request.method or "GET")
+        return Response({"detail": "POST the product CSV as the multipart field `file` (the form below)."})
 
     @extend_schema(
         parameters=[OpenApiParameter("page", int, description="Products are paginated by 100.")],
