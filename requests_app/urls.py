@@ -12,7 +12,7 @@ from requests_app.api.views import ProcessingRequestViewSet
 ID = r"(?P<pk>[^/]+)"
 
 
-def endpoint(actions: dict[str, str], title: str) -> Any:
+def endpoint(actions: dict[str, Any], title: str) -> Any:
     """The viewset's view for `actions`, with its own title in the browsable API and the
     action's docstring as its description (without them every page says "Processing Request")."""
     action = next(iter(actions.values()))
