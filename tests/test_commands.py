@@ -307,6 +307,20 @@ def test_create_api_client_onboards_once_then_adds_keys() -> None:
     assert client.default_webhook_url == ""
 
 
+def test_create_api_client_prints_the_signing_secret_on_creation_or_when_asked_only() -> None:
+    out, _ = run("create_api_client", "acme")
+    secret = ApiClient.objects.get(user__username="acme").webhook_secret
+    assert f"webhook secret: {secret}" in out
+    # One more key for an existing client: the secret is not printed again with it...
+    out, _ = run("create_api_client", "acme")
+    assert secret not in out and "webhook secret" not in out
+    assert out.strip().splitlines()[-1].startswith("ipk_")
+    # ...unless asked for (the service keeps it to sign with: docs/webhooks.md).
+    out, _ = run("create_api_client", "acme", "--show-webhook-secret")
+    assert f"webhook secret: {secret}" in out
+    assert out.strip().splitlines()[-1].startswith("ipk_")
+
+
 def test_onboarding_refuses_a_bad_webhook_url_or_a_taken_name_and_creates_nothing() -> None:
     error = run_failing("create_api_client", "evil", "--webhook-url", "http://10.0.0.1/hook")[0]
     assert str(error).startswith("--webhook-url: ")

@@ -25,9 +25,20 @@ class Command(BaseCommand):
             default=None,
             help="Its share of the workers against other clients with work at once (default 1; docs/sharing.md).",
         )
+        parser.add_argument(
+            "--show-webhook-secret",
+            action="store_true",
+            help="Print the client's webhook signing secret (printed anyway when the client is created).",
+        )
 
     def handle(
-        self, *args: Any, name: str, webhook_url: str | None = None, weight: float | None = None, **options: Any
+        self,
+        *args: Any,
+        name: str,
+        webhook_url: str | None = None,
+        weight: float | None = None,
+        show_webhook_secret: bool = False,
+        **options: Any,
     ) -> None:
         try:
             onboarded = api_client_onboard(name=name, default_webhook_url=webhook_url)
@@ -45,8 +56,11 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"{verb} API client {client}."))
         if client.default_webhook_url:
             self.stdout.write(f"default webhook URL: {client.default_webhook_url}")
-        # Standard Webhooks signing secret: the client verifies our deliveries with it.
-        self.stdout.write(f"webhook secret: {onboarded.webhook_secret}")
+        # The Standard Webhooks signing secret the client verifies our deliveries with. The
+        # service keeps it (HMAC signing needs it), so it can be shown again; it is printed
+        # only when the client is new or it is asked for, not with every new key.
+        if onboarded.created or show_webhook_secret:
+            self.stdout.write(f"webhook secret: {onboarded.webhook_secret}")
         self.stdout.write("New API key (shown once; send it as 'Authorization: Bearer <key>'):")
         # Alone on the last line, so scripts can take it with `tail -n 1`.
         self.stdout.write(onboarded.raw_key)
