@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from products.models import ImageStatus, Product, ProductImage
 from requests_app.admin.request_page import PRODUCTS_PER_PAGE
+from requests_app.formatting import human_bytes
 from requests_app.models import ApiClient, ApiKey, ProcessingRequest, RequestStatus, WebhookDelivery
 from requests_app.services.clients import api_client_create, api_key_create
 from requests_app.services.requests import RequestOptions, request_create
@@ -123,7 +124,7 @@ def test_list_shows_owner_badge_progress_savings_and_duration(browser: Client, f
     assert 'class="ip-progress__failed" style="width:33.33%"' in html
     assert "3/3" in html and "1 failed" in html
     percent = round(100 * (1 - finished.bytes_out / finished.bytes_in), 1)
-    assert f"({percent}%)" in html
+    assert f"saved {human_bytes(finished.bytes_in - finished.bytes_out)}, {percent}%" in html
     assert " s</td>" in html  # a duration in seconds
     assert 'id="service-overview"' in html  # workers, queue, requests in progress
 
@@ -273,6 +274,61 @@ def test_progress_json_follows_the_counters(browser: Client, finished: Processin
     assert 'class="ip-progress__failed" style="width:33.33%"' in body["progress_html"]
 
 
+def test_while_it_runs_the_cards_and_status_row_refresh_from_the_progress_json(
+    browser: Client, acme: ApiClient
+) -> None:
+    obj = ProcessingRequest.objects.create(
+        owner=acme.user,
+        status=RequestStatus.PENDING,
+        images_total=10,
+        original_filename="live.csv",
+    )
+    page = browser.get(f"{ADMIN}{obj.pk}/change/").content.decode()
+    # Every figure that moves is inside an element the page's script replaces from the JSON.
+    for element in ('id="request-cards"', 'id="card-done"', 'id="card-saved"', 'id="card-duration"'):
+        assert element in page
+    assert 'id="detail-status"' in page and 'id="detail-started"' in page
+    for replaced in ('"request-cards").innerHTML = p.cards_html', '"detail-status").innerHTML = p.status_html'):
+        assert replaced in page
+
+    ProcessingRequest.objects.filter(pk=obj.pk).update(
+        status=RequestStatus.PROCESSING,
+        started_at=timezone.now() - timedelta(seconds=42),
+        images_done=5,
+        images_failed=1,
+        bytes_in=10_000,
+        bytes_out=4_000,
+    )
+    body = browser.get(f"{ADMIN}{obj.pk}/progress/").json()
+    cards = body["cards_html"]
+    assert re.search(r'id="card-done">5 <span class="ip-quiet">/ 10</span>', cards)
+    assert "1 failed" in cards
+    assert "saved 5.9 KB, 60.0%" in cards
+    assert re.search(r'id="card-duration">4[2-9]\.\d s<', cards)
+    assert "ip-badge--processing" in body["status_html"]
+    assert body["started_html"] != "–"
+
+
+def test_a_larger_output_is_shown_as_larger_never_as_a_saving(browser: Client, finished: ProcessingRequest) -> None:
+    # The engine keeps the input rather than store a larger output; counters that say
+    # otherwise are still shown as they are.
+    ProcessingRequest.objects.filter(pk=finished.pk).update(bytes_in=10_000, bytes_out=13_800)
+    image = ProductImage.objects.filter(request=finished, status=ImageStatus.DONE).first()
+    assert image is not None
+    ProductImage.objects.filter(pk=image.pk).update(bytes_in=1_000, bytes_out=1_380)
+    listing = browser.get(ADMIN).content.decode()
+    page = browser.get(f"{ADMIN}{finished.pk}/change/").content.decode()
+    images = browser.get("/admin/products/productimage/", {"q": str(finished.pk)}).content.decode()
+    assert (
+        '<span class="ip-larger" title="The output is larger than its input">+3.7 KB, +38.0% larger</span>' in listing
+    )
+    assert "+3.7 KB, +38.0% larger" in page and ">Larger</div>" in page
+    assert "+38.0% larger" in page  # the image card
+    assert "+38.0% larger" in images
+    for html in (listing, page, images):
+        assert "-38" not in html and "−38" not in html
+
+
 def test_staff_read_the_status_json_and_output_csv_of_any_owner(
     browser: Client, finished: ProcessingRequest, staff: User
 ) -> None:
@@ -308,17 +364,58 @@ def test_retry_button_requeues_the_failed_images(
     browser: Client, finished: ProcessingRequest, image_server: ImageServer
 ) -> None:
     image_server.add("/gone.jpg", make_image(200, 200))
-    response = browser.post(f"{ADMIN}{finished.pk}/retry/", follow=True)
+    response = browser.post(f"{ADMIN}{finished.pk}/retry/", {"post": "yes"}, follow=True)
     assert "Re-queued 1 failed image." in response.content.decode()
     finished.refresh_from_db()
     assert (finished.status, finished.images_done, finished.images_failed) == ("completed", 3, 0)
-    assert browser.get(f"{ADMIN}{finished.pk}/retry/").status_code == 405
 
 
 def test_retry_of_an_unfinished_request_says_why(browser: Client, acme: ApiClient) -> None:
     obj = ProcessingRequest.objects.create(owner=acme.user, status=RequestStatus.PROCESSING, images_total=1)
-    html = browser.post(f"{ADMIN}{obj.pk}/retry/", follow=True).content.decode()
+    html = browser.post(f"{ADMIN}{obj.pk}/retry/", {"post": "yes"}, follow=True).content.decode()
     assert "The request is processing; retry it once it has finished." in html
+
+
+def test_retry_and_resend_ask_first_on_the_page_and_in_the_list(
+    browser: Client, finished: ProcessingRequest, acme: ApiClient, image_server: ImageServer
+) -> None:
+    image_server.add("/gone.jpg", make_image(200, 200))
+    ApiClient.objects.filter(pk=acme.pk).update(default_webhook_url="https://hooks.example/acme")
+    hits = image_server.hits["/gone.jpg"]
+    # The request page's buttons (a POST without the confirmation), a GET, and the list's
+    # actions: each only asks, and says what would happen.
+    for answer in (
+        browser.post(f"{ADMIN}{finished.pk}/retry/"),
+        browser.get(f"{ADMIN}{finished.pk}/retry/"),
+        browser.post(ADMIN, {"action": "retry_failed_images", "_selected_action": [str(finished.pk)]}),
+    ):
+        html = answer.content.decode()
+        assert answer.status_code == 200 and "Yes, retry" in html
+        assert "1 failed image of this request" in html or "1 failed image of 1 request" in html
+    for answer in (
+        browser.post(f"{ADMIN}{finished.pk}/resend-webhook/"),
+        browser.post(ADMIN, {"action": "resend_webhooks", "_selected_action": [str(finished.pk)]}),
+    ):
+        html = answer.content.decode()
+        assert answer.status_code == 200 and "Yes, resend" in html and "https://hooks.example/acme" in html
+    delivery = WebhookDelivery.objects.filter(request=finished).first()
+    if delivery is not None:
+        listing = browser.post(
+            "/admin/requests_app/webhookdelivery/", {"action": "resend_webhook", "_selected_action": [str(delivery.pk)]}
+        ).content.decode()
+        assert "Yes, resend" in listing and 'name="action" value="resend_webhook"' in listing
+    finished.refresh_from_db()
+    assert (finished.status, finished.images_failed) == (RequestStatus.COMPLETED_WITH_ERRORS, 1)
+    assert image_server.hits["/gone.jpg"] == hits
+    assert WebhookDelivery.objects.filter(request=finished).count() == (1 if delivery else 0)
+
+    # The confirmation's own form acts.
+    confirmed = browser.post(
+        ADMIN, {"action": "retry_failed_images", "_selected_action": [str(finished.pk)], "post": "yes"}, follow=True
+    )
+    assert "Re-queued 1 failed image of 1 request." in confirmed.content.decode()
+    finished.refresh_from_db()
+    assert finished.images_failed == 0
 
 
 def test_reprocess_asks_first_then_starts_from_scratch(
@@ -360,7 +457,7 @@ def test_list_actions_call_the_services(
 ) -> None:
     running = ProcessingRequest.objects.create(owner=acme.user, status=RequestStatus.PROCESSING, images_total=1)
     image_server.add("/gone.jpg", make_image(200, 200))
-    data = {"action": "retry_failed_images", "_selected_action": [str(finished.pk), str(running.pk)]}
+    data = {"action": "retry_failed_images", "_selected_action": [str(finished.pk), str(running.pk)], "post": "yes"}
     html = browser.post(ADMIN, data, follow=True).content.decode()
     assert "Re-queued 1 failed image of 1 request." in html
     assert "retry it once it has finished" in html  # the running one, skipped with its reason
@@ -389,7 +486,7 @@ def test_resend_webhook_sends_the_completion_event_again(
     assert len(receiver.hits) == 1
     first = receiver.hits[0]
 
-    html = browser.post(f"{ADMIN}{obj.pk}/resend-webhook/", follow=True).content.decode()
+    html = browser.post(f"{ADMIN}{obj.pk}/resend-webhook/", {"post": "yes"}, follow=True).content.decode()
     assert "The completion webhook is on its way." in html
     deliveries = list(WebhookDelivery.objects.filter(request=obj).order_by("attempt"))
     assert [d.attempt for d in deliveries] == [1, 2]
@@ -401,7 +498,7 @@ def test_resend_webhook_sends_the_completion_event_again(
     assert page.count("HTTP 200") == 2
 
     no_hook = upload(acme.user, [("1", "One", [url])])
-    html = browser.post(f"{ADMIN}{no_hook.pk}/resend-webhook/", follow=True).content.decode()
+    html = browser.post(f"{ADMIN}{no_hook.pk}/resend-webhook/", {"post": "yes"}, follow=True).content.decode()
     assert "no webhook URL" in html
 
 
@@ -424,7 +521,7 @@ def test_delivery_log_lists_attempts_and_its_resend_names_what_it_cannot_send(br
     assert f'href="{ADMIN}{quiet.pk}/change/"' in listing
     html = browser.post(
         "/admin/requests_app/webhookdelivery/",
-        {"action": "resend_webhook", "_selected_action": [str(delivery.pk)]},
+        {"action": "resend_webhook", "_selected_action": [str(delivery.pk)], "post": "yes"},
         follow=True,
     ).content.decode()
     assert "Quiet.csv: " in html and "no webhook URL" in html  # the admin's messages start with a capital
@@ -440,7 +537,7 @@ def test_staff_without_change_permission_see_but_cannot_act(finished: Processing
     page = client.get(f"{ADMIN}{finished.pk}/change/").content.decode()
     assert "ip-output-thumb" in page
     assert 'id="retry-failed"' not in page
-    assert client.post(f"{ADMIN}{finished.pk}/retry/").status_code == 403
+    assert client.post(f"{ADMIN}{finished.pk}/retry/", {"post": "yes"}).status_code == 403
     assert client.get(f"{ADMIN}{finished.pk}/status/?format=json").status_code == 200
     assert client.get(f"{ADMIN}upload/").status_code == 403
     finished.refresh_from_db()
@@ -657,7 +754,7 @@ def test_browsable_api_renders_every_endpoint_for_a_session(acme: ApiClient, ima
     html = {"HTTP_ACCEPT": "text/html"}
 
     form = browser.get("/csv/upload", **html)
-    assert form.status_code == 405  # POST only; the page shows the upload form
+    assert form.status_code == 200  # the upload form, without a 405 (tests/test_browsable_api.py)
     page = form.content.decode()
     assert 'enctype="multipart/form-data"' in page
     assert re.search(r'<input name="file"\s+type="file"', page)

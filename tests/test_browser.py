@@ -159,6 +159,9 @@ def test_upload_watch_download_and_retry_in_the_admin(
     # The image is there now: retrying the failed one makes the request whole.
     server.add("/b/late.jpg", make_image(500, 400))
     page.click("#retry-failed")
+    # It asks first: nothing is re-queued by a stray click.
+    expect(page.locator("#confirm-message")).to_contain_text("1 failed image of this request")
+    page.click("#confirm-action")
     expect(page.locator(".messagelist")).to_contain_text("Re-queued 1 failed image")
     expect(page.locator("#request-status")).to_contain_text("Completed", timeout=FINISH_MS)
     expect(page.locator("#request-status")).not_to_contain_text("errors")

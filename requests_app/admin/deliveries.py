@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -78,8 +79,16 @@ class WebhookDeliveryAdmin(NoAddOrChange, DeliveryAdminBase):
         return request.user.has_perm("requests_app.change_webhookdelivery")
 
     @admin.action(description="Resend the request's completion webhook now", permissions=["resend"])
-    def resend_webhook(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        # The requests' own action: the same service call, messages and history entries.
+    def resend_webhook(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> TemplateResponse | None:
+        # The requests' own action: the same confirmation, service call, messages and history.
         request_ids = list(dict.fromkeys(queryset.values_list("request_id", flat=True)))
         requests_admin = cast(ProcessingRequestAdmin, self.admin_site.get_model_admin(ProcessingRequest))
-        requests_admin.resend_webhooks(request, ProcessingRequest.objects.filter(pk__in=request_ids))
+        selected = ProcessingRequest.objects.filter(pk__in=request_ids)
+        if request.POST.get("post") != "yes":
+            return requests_admin._resend_confirmation(
+                request,
+                list(selected),
+                action="resend_webhook",
+                selected=[str(pk) for pk in queryset.values_list("pk", flat=True)],
+            )
+        return requests_admin.resend_webhooks(request, selected)

@@ -38,6 +38,29 @@ def saving_percent(bytes_in: int | None, bytes_out: int | None) -> float | None:
     return round(100 * (1 - bytes_out / bytes_in), 1)
 
 
+def size_change(bytes_in: int | None, bytes_out: int | None, *, absolute: bool = False) -> SafeString:
+    """The output against the input, as it is: `saved 38%` (green) when smaller, `+38% larger`
+    (red, a warning) when larger, `same size` when neither; with `absolute`, the bytes too.
+    A larger output is never shown as a saving (the engine keeps the input's own encoding
+    rather than store a larger one, but counters may say otherwise)."""
+    if not bytes_in or bytes_out is None:
+        return format_html("{}", NOTHING)
+    if bytes_out > bytes_in:
+        grown = round(100 * (bytes_out / bytes_in - 1), 1)
+        return format_html(
+            '<span class="ip-larger" title="The output is larger than its input">{}+{}% larger</span>',
+            f"+{human_bytes(bytes_out - bytes_in)}, " if absolute else "",
+            grown,
+        )
+    if bytes_out == bytes_in:
+        return format_html('<span class="ip-quiet">same size</span>')
+    return format_html(
+        '<span class="ip-saving">saved {}{}%</span>',
+        f"{human_bytes(bytes_in - bytes_out)}, " if absolute else "",
+        saving_percent(bytes_in, bytes_out),
+    )
+
+
 def status_badge(status: str, label: str) -> SafeString:
     return format_html('<span class="ip-badge ip-badge--{}">{}</span>', status, label)
 
@@ -98,13 +121,14 @@ def thumbnail(url: str, *, referrer: bool, preview: bool = True) -> SafeString:
     )
 
 
-def image_size(image: ProductImage) -> str:
-    """Input → output bytes and the saving, in one line."""
+def image_size(image: ProductImage) -> str | SafeString:
+    """Input → output bytes and the change (size_change), in one line."""
     if image.bytes_in is None:
         return NOTHING
-    saving = saving_percent(image.bytes_in, image.bytes_out)
     sizes = f"{human_bytes(image.bytes_in)} → {human_bytes(image.bytes_out)}"
-    return sizes + (f" (saved {saving}%)" if saving else "")
+    if image.bytes_out is None:
+        return sizes
+    return format_html("{} ({})", sizes, size_change(image.bytes_in, image.bytes_out))
 
 
 class ImageView:
@@ -126,6 +150,12 @@ class ImageView:
     @property
     def saving(self) -> float | None:
         return saving_percent(self.image.bytes_in, self.image.bytes_out)
+
+    @property
+    def size_change(self) -> SafeString | None:
+        if self.image.bytes_in is None or self.image.bytes_out is None:
+            return None
+        return size_change(self.image.bytes_in, self.image.bytes_out)
 
     @property
     def bytes_in(self) -> str:

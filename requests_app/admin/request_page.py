@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.formats import date_format
 
 from requests_app import selectors
-from requests_app.admin.display import ImageView, progress_bar, saving_percent, status_badge
-from requests_app.formatting import human_bytes, human_duration
+from requests_app.admin.display import ImageView, progress_bar, size_change, status_badge
+from requests_app.formatting import NOTHING, human_bytes, human_duration
 from requests_app.models import ProcessingRequest
 
 PRODUCTS_PER_PAGE = 50
@@ -33,10 +35,28 @@ def progress_body(obj: ProcessingRequest) -> dict[str, Any]:
     }
 
 
+CARDS_TEMPLATE = "admin/requests_app/processingrequest/cards.html"
+
+
+def cards_context(obj: ProcessingRequest, progress: dict[str, Any]) -> dict[str, Any]:
+    """What the figure cards show (cards.html), on the page and in its progress JSON."""
+    return {
+        "original": obj,
+        "progress": progress,
+        "size_change": size_change(obj.bytes_in, obj.bytes_out, absolute=True),
+        "bytes_in": human_bytes(obj.bytes_in),
+        "bytes_out": human_bytes(obj.bytes_out),
+        "duration": human_duration(obj.duration),
+    }
+
+
 def progress_json(obj: ProcessingRequest) -> JsonResponse:
     body = progress_body(obj)
     body["progress_html"] = str(progress_bar(obj))
     body["status_html"] = str(status_badge(obj.status, obj.get_status_display()))
+    # The cards and the details that move while it runs: the page replaces them as they are.
+    body["cards_html"] = render_to_string(CARDS_TEMPLATE, cards_context(obj, body))
+    body["started_html"] = date_format(obj.started_at, "DATETIME_FORMAT") if obj.started_at else NOTHING
     return JsonResponse(body)
 
 
@@ -104,11 +124,7 @@ def request_page_context(obj: ProcessingRequest, request: HttpRequest) -> dict[s
         "progress": progress,
         "progress_bar": progress_bar(obj),
         "badge": status_badge(obj.status, obj.get_status_display()),
-        "saved": human_bytes(obj.bytes_saved),
-        "saved_percent": saving_percent(obj.bytes_in, obj.bytes_out),
-        "bytes_in": human_bytes(obj.bytes_in),
-        "bytes_out": human_bytes(obj.bytes_out),
-        "duration": human_duration(obj.duration),
+        **cards_context(obj, progress),
         "eta": human_duration(progress["eta_seconds"]),
         "show_failed": show_failed,
         "listing": failed_listing(obj, page) if show_failed else product_listing(obj, page),

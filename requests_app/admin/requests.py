@@ -26,11 +26,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
-from django.views.decorators.http import require_POST
 
 from imageproc.engine import csv_io
 from requests_app.admin import request_page
-from requests_app.admin.display import plural, progress_bar, saving_percent, status_badge
+from requests_app.admin.display import plural, progress_bar, size_change, status_badge
 from requests_app.admin.forms import UploadForm, add_service_error
 from requests_app.admin.overview import service_overview
 from requests_app.admin.staff_api import StaffRequestViewSet
@@ -105,9 +104,8 @@ class ProcessingRequestAdmin(RequestAdminBase):
         if not obj.bytes_in:
             return NOTHING
         return format_html(
-            '{} <span class="ip-quiet">({}%)</span><br><span class="ip-quiet">{} → {}</span>',
-            human_bytes(obj.bytes_saved),
-            saving_percent(obj.bytes_in, obj.bytes_out),
+            '{}<br><span class="ip-quiet">{} → {}</span>',
+            size_change(obj.bytes_in, obj.bytes_out, absolute=True),
             human_bytes(obj.bytes_in),
             human_bytes(obj.bytes_out),
         )
@@ -148,11 +146,11 @@ class ProcessingRequestAdmin(RequestAdminBase):
         return [
             path("upload/", wrap(self.upload_view), name=f"{name}_upload"),
             path("<str:object_id>/progress/", wrap(self.progress_view), name=f"{name}_progress"),
-            path("<str:object_id>/retry/", wrap(require_POST(self.retry_view)), name=f"{name}_retry"),
+            path("<str:object_id>/retry/", wrap(self.retry_view), name=f"{name}_retry"),
             path("<str:object_id>/reprocess/", wrap(self.reprocess_view), name=f"{name}_reprocess"),
             path(
                 "<str:object_id>/resend-webhook/",
-                wrap(require_POST(self.resend_webhook_view)),
+                wrap(self.resend_webhook_view),
                 name=f"{name}_resend_webhook",
             ),
             path("<str:pk>/status/", wrap(status), name=f"{name}_status"),
@@ -273,8 +271,15 @@ class ProcessingRequestAdmin(RequestAdminBase):
                 messages.error(request, str(exc))
             return REFUSED
 
+    @staticmethod
+    def _confirmed(request: HttpRequest) -> bool:
+        """A stray click never acts: only the confirmation page's POST (post=yes) does."""
+        return request.method == "POST" and request.POST.get("post") == "yes"
+
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self._get(request, object_id, change=True)
+        if not self._confirmed(request):
+            return self._retry_confirmation(request, [obj], form_action=request.path)
         count = self._call_service(request, obj, self._retry)
         if count is not REFUSED:
             messages.success(request, f"Re-queued {plural(count, 'failed image')}.")
@@ -291,6 +296,8 @@ class ProcessingRequestAdmin(RequestAdminBase):
 
     def resend_webhook_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self._get(request, object_id, change=True)
+        if not self._confirmed(request):
+            return self._resend_confirmation(request, [obj], form_action=request.path)
         if self._call_service(request, obj, self._resend) is not REFUSED:
             messages.success(request, "The completion webhook is on its way.")
         return self._page(obj)
@@ -312,6 +319,75 @@ class ProcessingRequestAdmin(RequestAdminBase):
         }
         return TemplateResponse(request, "admin/requests_app/processingrequest/reprocess_confirmation.html", context)
 
+    def _action_confirmation(
+        self,
+        request: HttpRequest,
+        objects: list[ProcessingRequest],
+        *,
+        title: str,
+        message: str,
+        button: str,
+        action: str,
+        form_action: str = "",
+        selected: list[str] | None = None,
+    ) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": title,
+            "message": message,
+            "button": button,
+            "objects": objects,
+            "action": action,
+            "form_action": form_action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            # What the list action is posted again with: the requests, or the rows of another
+            # list (the delivery log's action).
+            "selected": selected if selected is not None else [str(obj.pk) for obj in objects],
+        }
+        return TemplateResponse(request, "admin/requests_app/processingrequest/action_confirmation.html", context)
+
+    def _retry_confirmation(
+        self, request: HttpRequest, objects: list[ProcessingRequest], *, form_action: str = ""
+    ) -> TemplateResponse:
+        # The service, asked with dry_run, counts what it would re-queue and names (in
+        # warnings) the requests it would refuse.
+        counts = self._each(request, objects, lambda _, obj: request_retry_failed(request=obj, dry_run=True))
+        return self._action_confirmation(
+            request,
+            objects,
+            title="Retry the failed images?",
+            message=f"{plural(sum(counts), 'failed image')} of "
+            f"{'this request' if len(objects) == 1 else plural(len(objects), 'request')} "
+            "will be fetched and compressed again; the request goes back to processing.",
+            button="Yes, retry",
+            action="retry_failed_images",
+            form_action=form_action,
+        )
+
+    def _resend_confirmation(
+        self,
+        request: HttpRequest,
+        objects: list[ProcessingRequest],
+        *,
+        form_action: str = "",
+        action: str = "resend_webhooks",
+        selected: list[str] | None = None,
+    ) -> TemplateResponse:
+        targets = sorted({request_page.webhook_target(obj) or "no webhook URL" for obj in objects})
+        which = "this request" if len(objects) == 1 else plural(len(objects), "request")
+        return self._action_confirmation(
+            request,
+            objects,
+            title="Resend the completion webhook?",
+            message=f"The completion event of {which} is sent again now, with the same webhook-id, "
+            f"to {', '.join(targets)}.",
+            button="Yes, resend",
+            action=action,
+            form_action=form_action,
+            selected=selected,
+        )
+
     # --- Actions on the list ----------------------------------------------------------------
 
     def _each(
@@ -324,8 +400,12 @@ class ProcessingRequestAdmin(RequestAdminBase):
         results = (self._call_service(request, obj, act, in_list=True) for obj in queryset)
         return [result for result in results if result is not REFUSED]
 
-    @admin.action(description="Retry failed images", permissions=["change"])
-    def retry_failed_images(self, request: HttpRequest, queryset: QuerySet[ProcessingRequest]) -> None:
+    @admin.action(description="Retry failed images…", permissions=["change"])
+    def retry_failed_images(
+        self, request: HttpRequest, queryset: QuerySet[ProcessingRequest]
+    ) -> TemplateResponse | None:
+        if not self._confirmed(request):
+            return self._retry_confirmation(request, list(queryset))
         counts = self._each(request, queryset, self._retry)
         if counts:
             requests_touched = sum(1 for c in counts if c)
@@ -333,6 +413,7 @@ class ProcessingRequestAdmin(RequestAdminBase):
                 request,
                 f"Re-queued {plural(sum(counts), 'failed image')} of {plural(requests_touched, 'request')}.",
             )
+        return None
 
     @admin.action(description="Reprocess from scratch…", permissions=["change"])
     def reprocess_requests(
@@ -347,11 +428,14 @@ class ProcessingRequestAdmin(RequestAdminBase):
             )
         return None
 
-    @admin.action(description="Resend the completion webhook", permissions=["change"])
-    def resend_webhooks(self, request: HttpRequest, queryset: QuerySet[ProcessingRequest]) -> None:
+    @admin.action(description="Resend the completion webhook…", permissions=["change"])
+    def resend_webhooks(self, request: HttpRequest, queryset: QuerySet[ProcessingRequest]) -> TemplateResponse | None:
+        if not self._confirmed(request):
+            return self._resend_confirmation(request, list(queryset))
         sent = self._each(request, queryset, self._resend)
         if sent:
             messages.success(request, f"Resending the completion webhook of {plural(len(sent), 'request')}.")
+        return None
 
     @admin.action(description="Download the output CSV", permissions=["view"])
     def download_output_csv(
