@@ -75,6 +75,15 @@ class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):
 
     pagination_class = StrictPageNumberPagination
 
+    @property
+    def allowed_methods(self) -> list[str]:
+        """GET on the upload path is only the browsable API's form (upload_form), which any
+        other client is refused: not advertised in `Allow`, as the schema does not list it."""
+        methods: list[str] = super().allowed_methods
+        if getattr(self, "action_map", {}).get("get") == "upload_form":
+            methods = [method for method in methods if method not in ("GET", "HEAD")]
+        return methods
+
     def get_queryset(self) -> QuerySet[ProcessingRequest]:
         # IsAuthenticated has run: the user is a real one.
         return ProcessingRequest.objects.filter(owner_id=self.request.user.pk).order_by("-created_at")
