@@ -568,10 +568,12 @@ def test_resend_from_the_admin_action(client_obj: ApiClient, receiver: Receiver,
     admin_user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
     browser = APIClient()
     browser.force_login(admin_user)
-    response = browser.post(
-        "/admin/requests_app/webhookdelivery/",
-        {"action": "resend_webhook", "_selected_action": [str(r.pk) for r in rows]},
-    )
+    selected = {"action": "resend_webhook", "_selected_action": [str(r.pk) for r in rows]}
+    # It asks first (the admin's confirmation); its form posts the same with post=yes.
+    asked = browser.post("/admin/requests_app/webhookdelivery/", selected)
+    assert asked.status_code == 200 and "Yes, resend" in asked.content.decode()
+    assert len(settled(request.pk)) == 2
+    response = browser.post("/admin/requests_app/webhookdelivery/", {**selected, "post": "yes"})
     assert response.status_code == 302
     rows = settled(request.pk)
     assert [(r.attempt, r.status) for r in rows] == [(1, "failed"), (2, "succeeded"), (3, "succeeded")]
