@@ -37,7 +37,7 @@ from typing import Any
 import requests
 
 from bench import corpus as corpus_mod
-from bench import pipelines, profile, quality, report
+from bench import pipelines, profile, quality, report, sharing
 from bench import stack as stack_mod
 from bench.memory import CpuMeter, Peaks, threads
 from bench.servers import BUCKET, Servers
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small corpus, small files")
     parser.add_argument(
         "--only",
-        default="codec,naive,e2e,rss,ingest,status,web,quality",
+        default="codec,naive,e2e,rss,ingest,status,web,quality,sharing",
         help="comma-separated phases (default: all); a partial run does not write the report",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary service folders")
@@ -531,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                     run_web_rss(web, plan, results)
             finally:
                 stack_mod.stop(web)
+        if "sharing" in phases:
+            results["sharing"] = sharing.run(
+                corpus, servers, work, repeat=plan.repeat, log=log, on_start=raise_priority
+            )
     finally:
         servers.close()
         if not args.keep:
@@ -543,14 +547,22 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_seconds"] = time.perf_counter() - started
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
-    (plan.output_dir / ("results-quick.json" if plan.quick else "results.json")).write_text(
-        json.dumps(results, indent=1)
-    )
+    figures = plan.output_dir / ("results-quick.json" if plan.quick else "results.json")
+    written = results
+    if not everything and figures.is_file():
+        # A partial run updates the figures of its phases and keeps the others, with the
+        # date, machine and duration of the run that measured them.
+        about = ("machine", "corpus", "quick", "priority", "s3", "bench_seconds")
+        written = {**json.loads(figures.read_text()), **{k: v for k, v in results.items() if k not in about}}
+    figures.write_text(json.dumps(written, indent=1))
     if everything:
         markdown = report.write(results, plan.output_dir, quick=plan.quick)
         if quality_results is not None:
             quality.write_section(quality_results["markdown"], markdown)
         log(f"wrote {markdown}")
+    if "sharing" in results and "sharing" in phases:
+        log(f"wrote {sharing.publish(results['sharing'], plan.output_dir, machine=results['machine'])}")
+        print(sharing.goals_text(results["sharing"]))
     print(report.goals_text(results))
     log(f"done in {results['bench_seconds']:.0f} s")
     return 0

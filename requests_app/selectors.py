@@ -129,7 +129,8 @@ def request_progress(*, request: ProcessingRequest) -> Progress:
         images_failed=request.images_failed,
         percent=request.percent,
         rate=round(rate, 2) if rate else None,
-        eta_seconds=round(eta) if eta is not None else None,
+        # Never 0 while an image is left (the output CSV is still to be written).
+        eta_seconds=max(1, round(eta)) if eta is not None else None,
     )
 
 
