@@ -157,7 +157,7 @@ else:
         _db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}
     if _db["ENGINE"] == "django.db.backends.sqlite3":
         # Concurrent workers read then write: with Django's DEFERRED transactions SQLite
-        # answers "database is locked"; IMMEDIATE + WAL does not (notes/django-q2.md).
+        # answers "database is locked"; IMMEDIATE + WAL does not (docs/django-q2.md).
         _db["OPTIONS"] = {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
@@ -198,7 +198,7 @@ else:
 Q_WORKERS = _env_int("Q_WORKERS", os.cpu_count() or 2, minimum=1)
 # A batch task must finish within Q_TIMEOUT; the ORM broker re-delivers a task after
 # Q_RETRY seconds, which must exceed the timeout plus the time a task can wait in the
-# cluster's prefetch queue (notes/django-q2.md).
+# cluster's prefetch queue (docs/django-q2.md).
 Q_TIMEOUT = _env_int("Q_TIMEOUT", 300, minimum=10)
 Q_CLUSTER: dict[str, Any] = {
     "name": "imageproc",

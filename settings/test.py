@@ -11,7 +11,7 @@ import os
 from settings.base import *  # noqa: F403
 from settings.base import DATABASES, MIDDLEWARE, Q_CLUSTER, VAR_DIR
 
-# Read at import by django-q2: override_settings cannot change it (notes/django-q2.md).
+# Read at import by django-q2: override_settings cannot change it (docs/django-q2.md).
 Q_CLUSTER["sync"] = os.environ.get("Q_SYNC", "1") == "1"
 
 # One database and media folder per test process: several runs (xdist workers, or people

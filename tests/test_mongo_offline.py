@@ -643,7 +643,7 @@ FORBIDDEN_CALLS = {"select_for_update", "prefetch_related", "raw", "extra", "Now
 
 
 def test_our_code_uses_nothing_the_backend_lacks() -> None:
-    """notes/mongodb.md: no select_for_update (a no-op there), prefetch_related, raw/extra,
+    """docs/mongodb.md: no select_for_update (a no-op there), prefetch_related, raw/extra,
     Now(), check constraints or db_default in our apps (migrations included)."""
     found = []
     for label in OUR_APPS:
