@@ -211,7 +211,9 @@ def write(r: dict[str, Any], folder: Path, *, quick: bool) -> Path:
             *[f"| {name} | {seconds:.2f} |" for name, seconds in cpu.items()],
             f"| total | {total:.2f} |",
         ]
-    if t := e2e["100"].get("timeline"):
+    t = e2e["100"].get("timeline")
+    # A quick run can store its last output as its first download ends: nothing to divide.
+    if t and t["last_stored"] > t["first_downloaded"]:
         middle = t["last_stored"] - t["first_downloaded"]
         fixed = t["first_downloaded"] + t["seen"] - t["last_stored"]
         busy = t["compressing_thread_seconds"] / (middle * t["workers"])
