@@ -8,6 +8,7 @@ download), metadata, encoders, quality (quality="auto").
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 import warnings
@@ -33,9 +34,12 @@ __all__ = [
     "QUALITY_LEVELS",
     "CompressOptions",
     "CompressResult",
+    "DecodedImage",
     "ImageRejected",
     "compress",
     "configure_pillow",
+    "decode_source",
+    "encode_source",
     "sniff_format",
 ]
 
@@ -237,6 +241,11 @@ class _Source:
     rights: Rights
     frames: int
     has_metadata: bool  # EXIF or XMP in the input
+    resized: bool = False  # pixels smaller than the input's (a rendition): no "original"
+
+    def resized_to(self, pixels: Image.Image) -> _Source:
+        """The same source with other (smaller) pixels: what a rendition encodes."""
+        return dataclasses.replace(self, pixels=pixels, resized=True)
 
     @functools.cached_property
     def upright(self) -> Image.Image:
@@ -262,6 +271,10 @@ class _Source:
     def displayed_size(self) -> tuple[int, int]:
         width, height = self.pixels.size
         return (height, width) if self.orientation in (5, 6, 7, 8) else (width, height)
+
+
+# Public name for the engine's other modules (imageproc.engine.renditions).
+DecodedImage = _Source
 
 
 @dataclass(frozen=True)
@@ -299,18 +312,50 @@ def compress(data: bytes, options: CompressOptions | None = None) -> CompressRes
     CompressOptions.
     """
     opts = options if options is not None else CompressOptions()
-    wanted = list(_AUTO_FORMATS) if opts.output_format == "auto" else [opts.output_format]
+    return encode_source(decode_source(data, opts), opts)
+
+
+def _wanted(opts: CompressOptions) -> list[str]:
+    return list(_AUTO_FORMATS) if opts.output_format == "auto" else [opts.output_format]
+
+
+def decode_source(
+    data: bytes, opts: CompressOptions, *, draft: Callable[[tuple[int, int]], tuple[int, int] | None] | None = None
+) -> _Source:
+    """Open, check and decode `data` under the limits of `opts`. `draft`, given the stored
+    size from the header (after every check), may return a smaller size to decode at:
+    JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it
+    (imageproc.engine.renditions); other formats ignore it."""
+    wanted = _wanted(opts)
     with _open(data) as im:
         input_format = _check_header(im, data, opts, wanted)
+        header_size = im.size
+        if draft is not None and (size := draft(header_size)) is not None:
+            im.draft(None, size)
         orientation, exif = _decode(im)
         rights = metadata.read_rights(im, exif) if opts.keep_copyright else NO_RIGHTS
         pixels, icc = _prepare_pixels(im)
         frames = getattr(im, "n_frames", 1)
         has_metadata = bool(im.info.get("exif") or im.info.get("xmp"))
-    source = _Source(
-        data, input_format, pixels, icc, orientation, rights, frames if isinstance(frames, int) else 1, has_metadata
+    return _Source(
+        data,
+        input_format,
+        pixels,
+        icc,
+        orientation,
+        rights,
+        frames if isinstance(frames, int) else 1,
+        has_metadata,
+        resized=pixels.size != header_size,
     )
-    formats = [f for f in wanted if max(source.pixels.size) <= FORMATS[f].max_side]
+
+
+def encode_source(source: _Source, opts: CompressOptions) -> CompressResult:
+    """The smallest good encoding of a decoded source (compress() after the decode).
+    A resized source (a rendition) has no "original" candidate; the never-larger rule
+    still compares with the input's bytes."""
+    data = source.data
+    formats = [f for f in _wanted(opts) if max(source.pixels.size) <= FORMATS[f].max_side]
 
     candidates = [_lossy(source, opts, formats)]
     original = _original(source)
@@ -340,7 +385,7 @@ def compress(data: bytes, options: CompressOptions | None = None) -> CompressRes
         extension=best.fmt.extension,
         width=width,
         height=height,
-        input_format=input_format,
+        input_format=source.input_format,
         kept_original=best.name == "original",
         candidate=best.name,
         quality_chosen=best.quality,
@@ -440,7 +485,7 @@ def _original(source: _Source) -> _Candidate | None:
     only when no EXIF orientation applies: browsers disagree on it there), and AVIF
     without metadata."""
     fmt = source.input_format
-    if fmt not in _WEB_ORIGINALS:
+    if fmt not in _WEB_ORIGINALS or source.resized:
         return None
     data = source.data
     if fmt in ("JPEG", "MPO"):
