@@ -212,8 +212,9 @@ def write(r: dict[str, Any], folder: Path, *, quick: bool) -> Path:
             f"| total | {total:.2f} |",
         ]
     t = e2e["100"].get("timeline")
-    # A quick run can store its last output as its first download ends: nothing to divide.
-    if t and t["last_stored"] > t["first_downloaded"]:
+    # A quick run can store its last output as its first download ends, or end before its
+    # worker processes show their I/O threads (none counted): then there is nothing to divide.
+    if t and t["last_stored"] > t["first_downloaded"] and t["workers"]:
         middle = t["last_stored"] - t["first_downloaded"]
         fixed = t["first_downloaded"] + t["seen"] - t["last_stored"]
         busy = t["compressing_thread_seconds"] / (middle * t["workers"])
