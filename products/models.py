@@ -76,6 +76,16 @@ class ProductImage(models.Model):
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
     input_format = models.CharField(max_length=16, blank=True)
+    # What the engine made of it (imageproc.engine.compress.CompressResult): the format of
+    # the output ("jpeg", "webp", "avif", or "png"/"gif" for a kept or lossless graphic),
+    # which candidate won (compress.CANDIDATES: "reencoded", "original", "lossless_png", ...),
+    # the encoder quality used (NULL for an original or a lossless output), the predicted
+    # SSIMULACRA2 score reached (NULL unless the quality was automatic), the encoder.
+    output_format = models.CharField(max_length=8, blank=True)
+    candidate = models.CharField(max_length=24, blank=True)
+    quality_chosen = models.PositiveSmallIntegerField(null=True, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    encoder = models.CharField(max_length=16, blank=True)
     fetch_ms = models.PositiveIntegerField(null=True, blank=True)
     compress_ms = models.PositiveIntegerField(null=True, blank=True)
     store_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -119,6 +119,18 @@ FINISHED_STATUSES = (RequestStatus.COMPLETED, RequestStatus.COMPLETED_WITH_ERROR
 class OutputFormat(models.TextChoices):
     JPEG = "jpeg", "JPEG"
     WEBP = "webp", "WebP"
+    AVIF = "avif", "AVIF"
+    # Per image, the smallest of JPEG, WebP and AVIF that meets the quality target.
+    AUTO = "auto", "Auto (smallest of JPEG, WebP, AVIF)"
+
+
+class QualityMode(models.TextChoices):
+    """The automatic qualities: per image, the lowest quality whose perceptual score meets
+    the level's target (imageproc.engine.imaging.quality). "auto" is stored as "auto:good"."""
+
+    HIGH = "auto:high", "Auto, high"
+    GOOD = "auto:good", "Auto, good"
+    ECO = "auto:eco", "Auto, eco"
 
 
 class ProcessingRequest(models.Model):
@@ -133,8 +145,16 @@ class ProcessingRequest(models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     webhook_url = models.URLField(max_length=2048, blank=True)
 
-    quality = models.PositiveSmallIntegerField(default=50)
+    # The quality asked for is either a number (quality, quality_mode "") or an automatic
+    # level (quality_mode, quality NULL): two columns rather than one string, so that the rows
+    # made before automatic qualities existed stay valid as they are. `quality_option` is the
+    # one value the API, the admin and the pipeline read.
+    quality = models.PositiveSmallIntegerField(null=True, blank=True, default=50)
+    quality_mode = models.CharField(max_length=10, choices=QualityMode.choices, blank=True)
     output_format = models.CharField(max_length=8, choices=OutputFormat.choices, default=OutputFormat.JPEG)
+    # EXIF Artist and Copyright (and the XMP rights) go into the outputs; off: every bit of
+    # metadata is dropped.
+    keep_copyright = models.BooleanField(default=True)
 
     products_total = models.PositiveIntegerField(default=0)
     images_total = models.PositiveIntegerField(default=0)
@@ -186,6 +206,13 @@ class ProcessingRequest(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+    @property
+    def quality_option(self) -> int | str:
+        """The quality asked for: 1..95, or "auto:high" / "auto:good" / "auto:eco"."""
+        if self.quality_mode:
+            return self.quality_mode
+        return self.quality if self.quality is not None else 50
 
     @property
     def images_finished(self) -> int:
