@@ -17,9 +17,9 @@ from imageproc.engine.imaging.signatures import sniff_pillow_format
 from tests import graphics
 
 CORPUS = graphics.build()
-# The one kind of file no web format's lossless coding beats: random bilevel line art in
-# CCITT Group 4. The output is then the smallest lossless file, and says so.
-G4_BEATS_WEB = {"line-art-1bit.tiff"}
+# Random bilevel line art in CCITT Group 4: smaller than its PNG and lossless WebP; only
+# monochrome lossless AVIF beats it.
+G4_BEATS_PNG_AND_WEBP = {"line-art-1bit.tiff"}
 
 
 def encode(im: Image.Image, fmt: str, **params: Any) -> bytes:
@@ -50,13 +50,35 @@ def test_graphics_are_never_larger_and_look_the_same(name: str, output_format: s
     out = decode(result.data)
     assert out.format == result.output_format.upper().replace("JPG", "JPEG")
     assert out.size == (result.width, result.height) == decode(source).size
-    if name in G4_BEATS_WEB:
-        assert result.larger_than_input and result.candidate == "lossless_webp"
-    else:
-        assert len(result.data) <= len(source), result
-        assert not result.larger_than_input
-    if result.candidate in ("original", "lossless_png", "lossless_webp"):
+    assert len(result.data) <= len(source), result
+    assert not result.larger_than_input
+    if name in G4_BEATS_PNG_AND_WEBP:
+        assert result.candidate == "lossless_avif"
+    if result.candidate in ("original", "lossless_png", "lossless_webp", "lossless_avif"):
         assert same_pixels(out, decode(source).convert(out.mode if out.mode != "P" else "RGBA"))
+
+
+@pytest.mark.parametrize("output_format", ["avif", "auto"])
+def test_g4_line_art_becomes_an_exact_monochrome_avif_in_every_format(output_format: str) -> None:
+    source = CORPUS["line-art-1bit.tiff"]
+    result = compress(source, CompressOptions(output_format=output_format))
+    assert (result.candidate, result.output_format, result.encoder) == ("lossless_avif", "avif", "libaom")
+    assert len(result.data) < len(source)
+    out = decode(result.data)
+    assert out.format == "AVIF"
+    assert out.convert("L").tobytes() == decode(source).convert("L").tobytes()
+
+
+def test_lossless_avif_is_offered_for_greyscale_only() -> None:
+    from imageproc.engine.imaging.encoders import encode_avif_lossless
+    from imageproc.engine.imaging.metadata import OutputMetadata
+
+    none = OutputMetadata(b"", b"")
+    assert encode_avif_lossless(graphics.logo(64, 32), meta=none) is None
+    grey = graphics.line_art(96, 64)
+    data = encode_avif_lossless(grey, meta=none)
+    assert data is not None
+    assert decode(data).convert("L").tobytes() == grey.tobytes()
 
 
 def test_a_fax_tiff_becomes_a_small_lossless_png_not_a_huge_jpeg() -> None:

@@ -50,7 +50,14 @@ QUALITY_LEVELS: tuple[str, ...] = ("auto", "auto:high", "auto:good", "auto:eco")
 # What a result can be: the lossy re-encoding; the input's own encoding (metadata removed);
 # a lossless encoding of the pixels; the lossy re-encoding at the highest quality that is
 # smaller than the input (only when nothing else is).
-CANDIDATES: tuple[str, ...] = ("reencoded", "original", "lossless_png", "lossless_webp", "reencoded_to_fit")
+CANDIDATES: tuple[str, ...] = (
+    "reencoded",
+    "original",
+    "lossless_png",
+    "lossless_webp",
+    "lossless_avif",
+    "reencoded_to_fit",
+)
 DEFAULT_JPEG_ENCODER: Final = "tuned"  # chosen by measurement: bench/results.md, JPEG encoders
 # What Image.open may try: MPO has no opener of its own (the JPEG one returns it).
 _OPEN_FORMATS: Final = tuple(f for f in ALLOWED_INPUT_FORMATS if f != "MPO")
@@ -143,8 +150,8 @@ class CompressResult:
 
     @property
     def larger_than_input(self) -> bool:
-        """True only when no candidate was smaller than the input: bilevel line art whose
-        CCITT G4 TIFF is smaller than any web format's lossless coding of it."""
+        """True only when no candidate was smaller than the input (none of the benchmark's
+        files: bilevel line art in CCITT G4 TIFF gets monochrome lossless AVIF)."""
         return len(self.data) > self.input_bytes
 
 
@@ -365,13 +372,19 @@ def encode_source(source: _Source, opts: CompressOptions) -> CompressResult:
     if _is_graphic(source.pixels) or (len(best.data) >= len(data) and best.name != "original"):
         candidates.append(_lossless(source, "png" if opts.output_format == "jpeg" else "webp"))
     # Ties go to the better picture: the original, then lossless, then the re-encoding.
-    order = {"original": 0, "lossless_png": 1, "lossless_webp": 1, "reencoded": 2}
+    order = {"original": 0, "lossless_png": 1, "lossless_webp": 1, "lossless_avif": 1, "reencoded": 2}
     best = min(candidates, key=lambda c: (len(c.data), order[c.name]))
     if len(best.data) >= len(data) and best.name != "original":
-        # Nothing is smaller yet (bilevel line art whose CCITT G4 TIFF beats every web
-        # format, photographs in AVIF or HEIC): lossless WebP at a higher effort, and the
-        # lossy encoding at the highest quality that fits under the input.
+        # Nothing is smaller yet (bilevel line art whose CCITT G4 TIFF beats PNG and WebP,
+        # photographs in AVIF or HEIC): lossless WebP at a higher effort, monochrome
+        # lossless AVIF for greyscale, and the lossy encoding at the highest quality that
+        # fits under the input.
         last = [best, _lossless(source, "webp", effort=True)]
+        if source.upright.mode == "L" and max(source.upright.size) <= FORMATS["avif"].max_side:
+            # Greyscale line art (a fax, a drawing) that Group 4 TIFF codes best: monochrome AVIF.
+            avif = encoders.encode_avif_lossless(source.upright, meta=_meta(source, "avif"))
+            if avif is not None:
+                last.append(_Candidate("lossless_avif", avif, FORMATS["avif"], encoder="libaom"))
         fitted = _reencode_to_fit(source, opts, formats[0] if formats else "jpeg", len(data))
         if fitted is not None:
             last.append(fitted)

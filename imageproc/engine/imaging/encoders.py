@@ -248,6 +248,30 @@ def encode_png(im: Image.Image, *, meta: OutputMetadata, icc: bytes | None, pale
     return buf.getvalue()
 
 
+# Lossless monochrome AVIF, the last resort for greyscale graphics (bench/results.md, Never
+# larger): at libaom speed 5 its palette tools beat CCITT Group 4 on bilevel line art, which
+# no other web format's lossless coding does (~3.5 s per MP at speed 5, so only up to
+# _AVIF_EFFORT_PIXELS; above that speed 6, several times faster, ~5-15% larger).
+AVIF_LOSSLESS_SPEED: Final = 5
+_AVIF_EFFORT_PIXELS: Final = 4_000_000
+
+
+def encode_avif_lossless(im: Image.Image, *, meta: OutputMetadata) -> bytes | None:
+    """Lossless monochrome (4:0:0) AVIF of an L image, or None when the decoded file is not
+    exactly the pixels (never a lossy file under a lossless name). Colour is not offered:
+    Pillow's AVIF at quality 100 goes through YUV, which is not exact for RGB."""
+    if im.mode != "L":
+        return None
+    speed = AVIF_LOSSLESS_SPEED if im.width * im.height <= _AVIF_EFFORT_PIXELS else AVIF_LOSSLESS_SPEED + 1
+    buf = BytesIO()
+    im.save(buf, "AVIF", quality=100, speed=speed, subsampling="4:0:0", max_threads=1, exif=meta.exif, xmp=meta.xmp)
+    data = buf.getvalue()
+    with Image.open(BytesIO(data)) as decoded:
+        decoded.load()
+        same = decoded.convert("L").tobytes() == im.tobytes()
+    return data if same else None
+
+
 def encode_webp_lossless(im: Image.Image, *, meta: OutputMetadata, icc: bytes | None, effort: bool = False) -> bytes:
     """Lossless WebP. For lossless, quality is the effort: method 4 / quality 50 is libwebp's
     middle ground; `effort` (method 5 / quality 90, ~5x the time) saves up to a quarter more
