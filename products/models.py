@@ -93,6 +93,9 @@ class ProductImage(models.Model):
     # Not a column: the absolute URL of the output, set by requests_app.selectors on the
     # images it reads (None where the image is not done).
     output_url: str | None = None
+    # Not a column: for a request with sizes, the image's ImageOutput rows (largest first),
+    # each with its `url`, set by requests_app.selectors (None: not read).
+    sized_outputs: list[ImageOutput] | None = None
 
     class Meta:
         ordering = ("product_id", "position")  # the column: ordering by the FK would join
@@ -107,3 +110,38 @@ class ProductImage(models.Model):
 
     def __str__(self) -> str:
         return self.source_url
+
+
+class ImageOutput(models.Model):
+    """One stored rendition of an image: the output for one size (bounding-box edge) of a
+    request that asked for sizes. Boxes at or above the source's own size share one stored
+    output (the source at its size). Written as each upload ends, so that a worker that
+    dies between two sizes leaves the ones done, and the next attempt makes only the
+    others; (image, size) is unique, so no attempt adds a second row."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Direct, as on ProductImage: a request's outputs are read and deleted in one filter.
+    request = models.ForeignKey(
+        "requests_app.ProcessingRequest", on_delete=models.CASCADE, related_name="image_outputs"
+    )
+    image = models.ForeignKey(ProductImage, on_delete=models.CASCADE, related_name="outputs")
+    size = models.PositiveIntegerField()
+    name = models.CharField(max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    bytes = models.BigIntegerField()
+    format = models.CharField(max_length=8)
+    kept_original = models.BooleanField(default=False)
+
+    # Not a column: the absolute URL, set by requests_app.selectors.
+    url: str | None = None
+
+    class Meta:
+        ordering = ("image_id", "-size")  # the columns: ordering by the FK would join
+        constraints = [
+            models.UniqueConstraint(fields=["image", "size"], name="image_output_unique_size"),
+        ]
+        indexes = [models.Index(fields=["request", "size"], name="image_output_request_size")]
+
+    def __str__(self) -> str:
+        return f"{self.size}px {self.name}"

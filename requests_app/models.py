@@ -155,6 +155,10 @@ class ProcessingRequest(models.Model):
     # EXIF Artist and Copyright (and the XMP rights) go into the outputs; off: every bit of
     # metadata is dropped.
     keep_copyright = models.BooleanField(default=True)
+    # Renditions (imageproc.engine.renditions): the bounding-box edges asked, largest first;
+    # empty for one output per image at its own size. The first is the output CSV's main
+    # column and the image's own output fields; every size is a products.ImageOutput row.
+    sizes = models.JSONField(default=list, blank=True)
 
     products_total = models.PositiveIntegerField(default=0)
     images_total = models.PositiveIntegerField(default=0)

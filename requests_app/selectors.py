@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from imageproc.engine import csv_io
 from imageproc.storage import output_url
-from products.models import ImageStatus, Product, ProductImage
+from products.models import ImageOutput, ImageStatus, Product, ProductImage
 from requests_app.models import ProcessingRequest
 
 # Products read at a time when the whole output CSV is written.
@@ -42,6 +42,11 @@ IMAGE_FIELDS = (
     "width",
     "height",
     "input_format",
+    "output_format",
+    "candidate",
+    "quality_chosen",
+    "score",
+    "encoder",
     "fetch_ms",
     "compress_ms",
     "store_ms",
@@ -144,17 +149,34 @@ def _with_output_url(image: ProductImage) -> ProductImage:
 
 
 def images_by_product(
-    product_ids: list[Any], *, fields: tuple[str, ...] = IMAGE_FIELDS
+    product_ids: list[Any], *, fields: tuple[str, ...] = IMAGE_FIELDS, sizes: bool = False
 ) -> dict[Any, list[ProductImage]]:
     """The images of some products in position order, each with `output_url` (absolute, or
-    None where the image is not done); only `fields` are read."""
+    None where the image is not done); only `fields` are read. With `sizes` (a request that
+    asked for renditions), each image's `sized_outputs` too: one per size, largest first,
+    each with its absolute `url` (an image not done has none)."""
     grouped: dict[Any, list[ProductImage]] = {product_id: [] for product_id in product_ids}
     if not product_ids:
         return grouped
-    for image in (
+    images = list(
         ProductImage.objects.filter(product_id__in=product_ids).order_by("product_id", "position").only(*fields)
-    ):
+    )
+    outputs = outputs_by_image([image.pk for image in images if image.status == ImageStatus.DONE]) if sizes else {}
+    for image in images:
+        if sizes:
+            image.sized_outputs = outputs.get(image.pk, [])
         grouped[image.product_id].append(_with_output_url(image))
+    return grouped
+
+
+def outputs_by_image(image_ids: list[Any]) -> dict[Any, list[ImageOutput]]:
+    """The renditions of some images, largest size first, each with its absolute `url`."""
+    grouped: dict[Any, list[ImageOutput]] = {}
+    if not image_ids:
+        return grouped
+    for output in ImageOutput.objects.filter(image_id__in=image_ids).order_by("image_id", "-size"):
+        output.url = output_url(output.name)
+        grouped.setdefault(output.image_id, []).append(output)
     return grouped
 
 
@@ -183,7 +205,7 @@ def product_page(*, request: ProcessingRequest, page: int, per_page: int) -> Pro
         .order_by("position")
         .only("id", "position", "serial_number", "product_name")
     )
-    images = images_by_product([product.pk for product in products])
+    images = images_by_product([product.pk for product in products], sizes=bool(request.sizes))
     return ProductPage(
         rows=[(product, images[product.pk]) for product in products],
         page=page,
@@ -229,17 +251,19 @@ def failure_counts(*, request: ProcessingRequest) -> Counter[str]:
 
 def request_output_rows(
     *, request: ProcessingRequest
-) -> Iterator[tuple[str, str, list[str], list[str | None], list[str]]]:
+) -> Iterator[tuple[str, str, list[str], list[str | None], list[str], list[list[str | None]]]]:
     """Rows of the output CSV in input order, URL lists positionally aligned: None where an
-    image is not done; last, the cells of the upload's other columns. Reads products in
-    chunks by position (an index range, no OFFSET)."""
+    image is not done; then the cells of the upload's other columns; last, for a request
+    with sizes, one such URL list per further size (the first size's are the main list).
+    Reads products in chunks by position (an index range, no OFFSET)."""
+    further = list(request.sizes or [])[1:]
     for start in range(0, request.products_total, OUTPUT_CHUNK):
         products = list(
             Product.objects.filter(request_id=request.pk, position__gte=start, position__lt=start + OUTPUT_CHUNK)
             .order_by("position")
             .values_list("id", "serial_number", "product_name", "extra_cells")
         )
-        images = images_by_product([p[0] for p in products], fields=OUTPUT_FIELDS)
+        images = images_by_product([p[0] for p in products], fields=OUTPUT_FIELDS, sizes=bool(further))
         for product_id, serial, name, extra in products:
             own = images[product_id]
             yield (
@@ -248,7 +272,15 @@ def request_output_rows(
                 [image.source_url for image in own],
                 [image.output_url for image in own],
                 list(extra or []),
+                [[_size_url(image, size) for image in own] for size in further],
             )
+
+
+def _size_url(image: ProductImage, size: int) -> str | None:
+    for output in image.sized_outputs or ():
+        if output.size == size:
+            return output.url
+    return None
 
 
 # The dialects the output CSV is offered in (GET /csv/output?dialect=, process_csv --dialect).
@@ -272,6 +304,7 @@ def request_output_csv(*, request: ProcessingRequest, dialect: str = DIALECT_ORI
     text = csv_io.render_output(
         request_output_rows(request=request),
         header=request.csv_header or (),
+        further_sizes=list(request.sizes or [])[1:],
         delimiter=chosen.delimiter,
         min_chunk=min_chunk,
     )

@@ -692,7 +692,13 @@ def _url_for_cell(url: str | None) -> str:
 OutputRow = (
     tuple[str, str, Sequence[str], Sequence[str | None]]
     | tuple[str, str, Sequence[str], Sequence[str | None], Sequence[str]]
+    | tuple[str, str, Sequence[str], Sequence[str | None], Sequence[str], Sequence[Sequence[str | None]]]
 )
+
+
+def size_column(size: int) -> str:
+    """The output CSV's column of a further rendition size: `Output Image Urls (800px)`."""
+    return f"{COLUMN_OUTPUT} ({size}px)"
 
 
 def render_output(
@@ -701,6 +707,7 @@ def render_output(
     header: Sequence[str] = (),
     delimiter: str = ",",
     min_chunk: int = 0,
+    further_sizes: Sequence[int] = (),
 ) -> Iterator[str]:
     """Yield the result CSV as text chunks for a streaming response.
 
@@ -713,6 +720,10 @@ def render_output(
     ``min_chunk > 0`` rows are batched into chunks of at least that many characters (chunks
     always end on a line boundary). RFC 4180: QUOTE_MINIMAL, CRLF line endings. Encode the
     chunks with encode_output.
+
+    ``further_sizes``: a request with rendition sizes has its first size's URLs in
+    `Output Image Urls` and one more column per further size, `Output Image Urls (800px)`,
+    aligned the same way; each row then carries their URL lists, in order, after ``extra``.
 
     Raises ValueError if a row's output list is not as long as its input list.
     """
@@ -731,7 +742,10 @@ def render_output(
         buffer.truncate()
         return chunk
 
-    writer.writerow([escape_cell(name) for name in header] + [COLUMN_OUTPUT] if header else OUTPUT_HEADER)
+    added = [size_column(size) for size in further_sizes]
+    writer.writerow(
+        [escape_cell(name) for name in header] + [COLUMN_OUTPUT] + added if header else [*OUTPUT_HEADER, *added]
+    )
     yield take()
     for row in rows:
         serial, name, inputs, outputs = row[:4]
@@ -746,6 +760,11 @@ def render_output(
             by_slot = dict(zip(slots, ours, strict=True))
             cells = [by_slot[index] if index in by_slot else next(extra, "") for index in range(len(header))]
         cells.append(URL_JOINER.join(_url_for_cell(u) for u in outputs))
+        if further_sizes:
+            lists = row[5] if len(row) > 5 else ()
+            if len(lists) != len(further_sizes) or any(len(urls) != len(inputs) for urls in lists):
+                raise ValueError(f"row {serial!r}: one aligned URL list per further size is needed")
+            cells.extend(URL_JOINER.join(_url_for_cell(u) for u in urls) for urls in lists)
         writer.writerow([escape_cell(cell) for cell in cells])
         if buffer.tell() >= min_chunk:
             yield take()

@@ -19,5 +19,14 @@ def image_output_name(request_id: object, source_key: str, data: bytes, extensio
     return f"outputs/{request_id}/{source_key[:32]}-{hashlib.sha256(data).hexdigest()[:16]}.{extension}"
 
 
+def rendition_output_name(
+    request_id: object, source_key: str, width: int, height: int, data: bytes, extension: str
+) -> str:
+    """A rendition's name names its size (its pixels, not the box asked: the boxes at or
+    above the source's size share one output, stored once under one name)."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"outputs/{request_id}/{source_key[:32]}-{width}x{height}-{digest}.{extension}"
+
+
 def csv_output_name(request_id: object) -> str:
     return f"outputs/{request_id}/output.csv"

@@ -31,11 +31,21 @@ from django.utils import timezone
 
 from imageproc.engine.compress import CompressOptions, CompressResult, ImageRejected, compress
 from imageproc.engine.http import FetchError, FetchPolicy, FetchResult, fetch_image
-from imageproc.engine.naming import image_output_name
+from imageproc.engine.naming import image_output_name, rendition_output_name
+from imageproc.engine.renditions import render
 from imageproc.pipeline import fairness, hosts
 from imageproc.pipeline.finalize import request_try_finalize
 from imageproc.pipeline.leases import holding, lease_end
-from imageproc.pipeline.records import Group, pending_due, record_done, record_failed, record_set_aside
+from imageproc.pipeline.records import (
+    Group,
+    SizedOutput,
+    existing_outputs,
+    pending_due,
+    record_done,
+    record_failed,
+    record_outputs,
+    record_set_aside,
+)
 from imageproc.pipeline.resources import fetch_policy, io_pools, trim_malloc
 from imageproc.pipeline.transient import (
     backoff,
@@ -109,6 +119,31 @@ def _timed_store(request_id: Any, key: str, result: CompressResult) -> tuple[str
     return saved, _ms(start)
 
 
+def _timed_store_rendition(request_id: Any, key: str, result: CompressResult, sizes: tuple[int, ...]) -> SizedOutput:
+    """Upload one rendition in a thread of the pool, as _timed_store does."""
+    start = time.perf_counter()
+    name = rendition_output_name(request_id, key, result.width, result.height, result.data, result.extension)
+
+    def save() -> str:
+        content = ContentFile(result.data, name=name)
+        content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
+        return default_storage.save(name, content)
+
+    saved = retry_call(
+        save, transient=storage_error_is_transient, budget=settings.STORAGE_RETRY_SECONDS, what=f"storing {name}"
+    )
+    return SizedOutput(
+        sizes=sizes,
+        name=saved,
+        width=result.width,
+        height=result.height,
+        bytes=len(result.data),
+        format=result.output_format,
+        kept_original=result.kept_original,
+        store_ms=_ms(start),
+    )
+
+
 def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
     """Process one batch: claim, then stream it through fetch (concurrent) → compress (here)
     → store (concurrent), recording results as they land; then try to claim the request's
@@ -142,11 +177,14 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
     with holding(token):
         request = with_db_retry(lambda: _start_request(request_id, now), what=f"request {request_id}: starting")
         options = CompressOptions(
-            quality=request.quality, output_format=request.output_format, max_pixels=settings.IMAGE_MAX_PIXELS
+            quality=request.quality_option,
+            output_format=request.output_format,
+            keep_copyright=request.keep_copyright,
+            max_pixels=settings.IMAGE_MAX_PIXELS,
         )
         # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
         # the worker again, it must not take images it stole with it.
-        stream = _Stream(request_id, token, options, groups, steal=not retried)
+        stream = _Stream(request_id, token, options, groups, steal=not retried, sizes=list(request.sizes or []))
         stream.run()
     logger.info(
         "request %s: %d URLs in %.2f s, the compressor idle %.2f s of it",
@@ -162,7 +200,9 @@ def _start_request(request_id: Any, now: Any) -> ProcessingRequest:
     ProcessingRequest.objects.filter(pk=request_id, status=RequestStatus.PENDING).update(
         status=RequestStatus.PROCESSING, started_at=now, updated_at=now
     )
-    return ProcessingRequest.objects.only("quality", "output_format").get(pk=request_id)
+    return ProcessingRequest.objects.only("quality", "quality_mode", "output_format", "keep_copyright", "sizes").get(
+        pk=request_id
+    )
 
 
 def _try_finalize(request_id: Any) -> None:
@@ -200,9 +240,21 @@ class _Stream:
     """
 
     def __init__(
-        self, request_id: Any, token: str, options: CompressOptions, groups: list[Group], *, steal: bool
+        self,
+        request_id: Any,
+        token: str,
+        options: CompressOptions,
+        groups: list[Group],
+        *,
+        steal: bool,
+        sizes: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
+        # Renditions (largest first), or none: one output per image at its own size.
+        self.sizes = sorted(sizes or [], reverse=True)
+        # Uploads of renditions, and the renditions stored but not yet recorded.
+        self.storing_outputs: dict[Future[SizedOutput], tuple[Group, tuple[int, ...]]] = {}
+        self.outputs_ready: list[tuple[Group, SizedOutput]] = []
         self.token = token
         self.options = options
         self.todo: deque[Group] = deque(groups)
@@ -224,7 +276,7 @@ class _Stream:
         self.policy = fetch_policy()
 
     def run(self) -> None:
-        while self.todo or self.fetching or self.ready or self.storing:
+        while self.todo or self.fetching or self.ready or self.storing or self.storing_outputs:
             if self.ready:
                 group, data = self.ready.popleft()
                 # The budget is for inputs ahead of the compressor: the next downloads start
@@ -324,6 +376,9 @@ class _Stream:
         return True
 
     def _compress(self, group: Group, data: bytes) -> None:
+        if self.sizes:
+            self._render(group, data)
+            return
         start = time.perf_counter()
         try:
             group.result = compress(data, self.options)
@@ -338,8 +393,69 @@ class _Stream:
         future = self.store_pool.submit(_timed_store, self.request_id, group.key, group.result)
         self.storing[future] = group
 
+    def _render(self, group: Group, data: bytes) -> None:
+        """Every size of one source from one decode; each distinct rendition uploaded on its
+        own, and recorded as it lands (_record). The sizes an earlier attempt stored and
+        recorded are not made again."""
+        start = time.perf_counter()
+        have = with_db_retry(
+            lambda: existing_outputs(group.ids, self.sizes), what=f"request {self.request_id}: reading outputs"
+        )
+        group.outputs = [have[size] for size in self.sizes if size in have]
+        missing = [size for size in self.sizes if size not in have]
+        try:
+            renditions = render(data, missing, self.options) if missing else []
+        except ImageRejected as exc:
+            record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+            return
+        except Exception as exc:
+            logger.exception("image %s failed at render", group.url)
+            record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        group.compress_ms = _ms(start)
+        # Boxes at or above the source's size share one result: stored once.
+        distinct: dict[int, tuple[CompressResult, list[int]]] = {}
+        for rendition in renditions:
+            distinct.setdefault(id(rendition.result), (rendition.result, []))[1].append(rendition.size)
+            group.input_format = rendition.result.input_format
+        group.uploads_left = len(distinct)
+        for result, sizes in distinct.values():
+            future = self.store_pool.submit(_timed_store_rendition, self.request_id, group.key, result, tuple(sizes))
+            self.storing_outputs[future] = (group, tuple(sizes))
+        if not distinct:
+            self._rendered(group)
+
+    def _rendered(self, group: Group) -> None:
+        # The image's own fields are the first (largest) size's output.
+        group.outputs.sort(key=lambda output: -max(output.sizes))
+        self.finished.append(group)
+
+    def _collect_output(self, future: Future[SizedOutput]) -> None:
+        group, _sizes = self.storing_outputs.pop(future)
+        group.uploads_left -= 1
+        try:
+            output = future.result()
+        except Exception as exc:
+            if group.upload_failed:
+                return  # already set aside or failed by another of its uploads
+            group.upload_failed = True
+            if storage_error_is_transient(exc):
+                logger.warning("image %s: the storage is unavailable (%s); set aside", group.url, describe(exc))
+                message = f"The storage is unavailable: {describe(exc)}"
+                self._set_aside(group, settings.STORAGE_RETRY_LATER, "storage_unavailable", message, spent=False)
+            else:
+                logger.exception("image %s failed at store", group.url)
+                record_failed(self.request_id, self.token, group.ids, "storage_error", describe(exc))
+            return
+        if group.upload_failed:
+            return
+        group.outputs.append(output)
+        self.outputs_ready.append((group, output))
+        if group.uploads_left == 0:
+            self._rendered(group)
+
     def _collect(self, *, block: bool) -> None:
-        futures: list[Future[Any]] = [*self.fetching, *self.storing]
+        futures: list[Future[Any]] = [*self.fetching, *self.storing, *self.storing_outputs]
         if block:
             start = time.perf_counter()
             # Finished images are written when due even if the wait is long (a hanging
@@ -350,6 +466,9 @@ class _Stream:
         else:
             done = {f for f in futures if f.done()}
         for future in done:
+            if future in self.storing_outputs:
+                self._collect_output(future)
+                continue
             if future in self.fetching:
                 group = self.fetching.pop(future)
                 try:
@@ -404,8 +523,13 @@ class _Stream:
     def _record(self, *, flush: bool = False) -> None:
         # One transaction per RECORD_EVERY seconds, not one per image: on SQLite every write
         # transaction waits for the database lock the other workers also want.
-        if self.finished and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
-            record_done(self.request_id, self.token, self.finished)
+        if (self.finished or self.outputs_ready) and (flush or time.monotonic() - self.recorded >= RECORD_EVERY):
+            if self.outputs_ready:
+                # Before the images they belong to are marked done: an image done has them all.
+                record_outputs(self.request_id, self.token, self.outputs_ready)
+                self.outputs_ready = []
+            if self.finished:
+                record_done(self.request_id, self.token, self.finished)
             self.finished = []
             self.recorded = time.monotonic()
 

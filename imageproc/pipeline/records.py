@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from imageproc.engine.compress import CompressResult
 from imageproc.pipeline.transient import with_db_retry
-from products.models import ImageStatus, ProductImage
+from products.models import ImageOutput, ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,95 @@ class Group:
     name: str = ""
     # Transient errors of its origin so far (the same for every copy of the URL).
     transient_errors: int = 0
+    # A request with sizes: the outputs stored so far (those of an earlier attempt too), the
+    # uploads still running, and the output of the first size (the image's own fields).
+    outputs: list[SizedOutput] = field(default_factory=list)
+    uploads_left: int = 0
+    upload_failed: bool = False
+    input_format: str = ""
+
+
+@dataclass(frozen=True)
+class SizedOutput:
+    """One stored rendition and the sizes (boxes) it serves: several when the source is
+    not larger than them (the source at its own size)."""
+
+    sizes: tuple[int, ...]
+    name: str
+    width: int
+    height: int
+    bytes: int
+    format: str
+    kept_original: bool = False
+    store_ms: int = 0
+
+    def serves(self, size: int) -> bool:
+        return size in self.sizes
+
+
+def existing_outputs(image_ids: Sequence[Any], sizes: Sequence[int]) -> dict[int, SizedOutput]:
+    """The sizes that every one of these images (copies of one URL) already has an output
+    for, from an earlier attempt that stored and recorded them before it died."""
+    rows = list(
+        ImageOutput.objects.filter(image_id__in=image_ids, size__in=sizes)
+        .order_by()
+        .values_list("image_id", "size", "name", "width", "height", "bytes", "format", "kept_original")
+    )
+    holders: dict[int, set[Any]] = {}
+    found: dict[int, SizedOutput] = {}
+    for image_id, size, name, width, height, nbytes, fmt, kept in rows:
+        holders.setdefault(size, set()).add(image_id)
+        found[size] = SizedOutput((size,), name, width, height, nbytes, fmt, kept)
+    everyone = set(image_ids)
+    return {size: output for size, output in found.items() if holders[size] >= everyone}
+
+
+def record_outputs(request_id: Any, token: str, items: list[tuple[Group, SizedOutput]]) -> None:
+    """Record stored renditions as they land, before their image ends: a worker that dies
+    between two sizes leaves these, and the next attempt makes only the others."""
+    with_db_retry(lambda: _record_outputs(request_id, token, items), what=f"request {request_id}: recording outputs")
+
+
+def _record_outputs(request_id: Any, token: str, items: list[tuple[Group, SizedOutput]]) -> None:
+    ids = [image_id for group, _ in items for image_id in group.ids]
+    held = set(
+        ProductImage.objects.filter(pk__in=ids, claim_token=token, status=ImageStatus.PROCESSING)
+        .order_by()
+        .values_list("id", flat=True)
+    )
+    if not held:
+        return
+    have = set(ImageOutput.objects.filter(image_id__in=held).order_by().values_list("image_id", "size"))
+    rows = [
+        ImageOutput(
+            request_id=request_id,
+            image_id=image_id,
+            size=size,
+            name=output.name,
+            width=output.width,
+            height=output.height,
+            bytes=output.bytes,
+            format=output.format,
+            kept_original=output.kept_original,
+        )
+        for group, output in items
+        for image_id in group.ids
+        if image_id in held
+        for size in output.sizes
+        if (image_id, size) not in have
+    ]
+    try:
+        with transaction.atomic():
+            ImageOutput.objects.bulk_create(rows)
+    except IntegrityError:
+        # Another attempt recorded some of them meanwhile (the sweeper gave the image to a
+        # second worker while this one lived): keep theirs, add the others one by one.
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    row.save(force_insert=True)
+            except IntegrityError:
+                pass
 
 
 def record_done(request_id: Any, token: str, groups: list[Group]) -> None:
@@ -64,29 +153,23 @@ def _record_done(request_id: Any, token: str, groups: list[Group]) -> None:
     done = bytes_in = bytes_out = 0
     with transaction.atomic():
         for group in groups:
-            result = group.result
-            assert result is not None
+            fields = _output_fields(group)
             changed = ProductImage.objects.filter(
                 pk__in=group.ids, claim_token=token, status=ImageStatus.PROCESSING
             ).update(
                 status=ImageStatus.DONE,
                 finished_at=now,
-                output_name=group.name,
-                kept_original=result.kept_original,
                 bytes_in=group.bytes_in,
-                bytes_out=len(result.data),
-                width=result.width,
-                height=result.height,
-                input_format=result.input_format,
                 fetch_ms=group.fetch_ms,
                 compress_ms=group.compress_ms,
-                store_ms=group.store_ms,
                 error_code="",
                 error_message="",
+                **_compression_record(group.result),
+                **fields,
             )
             done += changed
             bytes_in += changed * group.bytes_in
-            bytes_out += changed * len(result.data)
+            bytes_out += changed * fields["bytes_out"]
         if done:
             ProcessingRequest.objects.filter(pk=request_id).update(
                 images_done=F("images_done") + done,
@@ -94,6 +177,49 @@ def _record_done(request_id: Any, token: str, groups: list[Group]) -> None:
                 bytes_out=F("bytes_out") + bytes_out,
                 updated_at=now,
             )
+
+
+def _output_fields(group: Group) -> dict[str, Any]:
+    """The image's own output fields: its one output, or, with sizes, the first size's."""
+    if group.outputs:
+        main = group.outputs[0]  # the largest box: the process sorts them so
+        fields: dict[str, Any] = {
+            "output_name": main.name,
+            "kept_original": main.kept_original,
+            "bytes_out": main.bytes,
+            "width": main.width,
+            "height": main.height,
+            "store_ms": sum(output.store_ms for output in group.outputs),
+        }
+        if group.input_format:  # unknown when every size was recorded by an earlier attempt
+            fields["input_format"] = group.input_format
+        return fields
+    result = group.result
+    assert result is not None
+    return {
+        "output_name": group.name,
+        "kept_original": result.kept_original,
+        "bytes_out": len(result.data),
+        "width": result.width,
+        "height": result.height,
+        "input_format": result.input_format,
+        "store_ms": group.store_ms,
+    }
+
+
+def _compression_record(result: CompressResult | None) -> dict[str, Any]:
+    """What the engine made of an image, kept per image (the status answer, the webhook
+    payload and the admin show it): the format, the candidate that won, the quality and the
+    predicted score of an automatic quality, the encoder."""
+    if result is None:
+        return {}
+    return {
+        "output_format": result.output_format,
+        "candidate": result.candidate,
+        "quality_chosen": result.quality_chosen,
+        "score": None if result.score is None else round(result.score, 2),
+        "encoder": result.encoder,
+    }
 
 
 def record_failed(request_id: Any, token: str, image_ids: Sequence[Any], code: str, message: str) -> int:

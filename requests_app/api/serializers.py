@@ -20,8 +20,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from imageproc.engine import renditions
 from imageproc.storage import absolute_url
-from products.models import ImageStatus, Product, ProductImage
+from products.models import ImageOutput, ImageStatus, Product, ProductImage
 from requests_app.models import OutputFormat, ProcessingRequest, RequestStatus, WebhookDelivery, WebhookStatus
 from requests_app.selectors import Progress, product_status, request_progress
 from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, WEBHOOK_URL_MAX
@@ -81,6 +82,14 @@ class UploadSerializer(serializers.Serializer[Any]):
     )
     quality = QualityField(required=False, help_text="JPEG/WebP quality. Default: IMAGE_DEFAULT_QUALITY (50).")
     output_format = OutputFormatField(required=False, help_text="Default: jpeg.")
+    sizes = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=100,
+        help_text=f"Renditions: bounding-box edges in pixels, comma-separated, e.g. 1600,800,200 (at most "
+        f"{renditions.MAX_SIZES}, each {renditions.SIZE_MIN}-{renditions.SIZE_MAX}). Each image is stored once per "
+        "size, fitted inside the box, never enlarged. Empty or absent: one output per image at its own size.",
+    )
 
 
 class NoInputSerializer(serializers.Serializer[Any]):
@@ -168,6 +177,13 @@ class ProductRow:
         return [image.output_url for image in self.images]
 
     @property
+    def outputs(self) -> list[list[ImageOutput]] | None:
+        """A request with sizes: each image's renditions, aligned with its input URLs."""
+        if any(image.sized_outputs is None for image in self.images):
+            return None
+        return [image.sized_outputs or [] for image in self.images]
+
+    @property
     def failed(self) -> list[ProductImage]:
         return [image for image in self.images if image.status == ImageStatus.FAILED]
 
@@ -193,6 +209,17 @@ class ImageErrorSerializer(serializers.Serializer[ProductImage]):
     message = serializers.CharField(source="error_message")
 
 
+class ImageOutputSerializer(serializers.Serializer[ImageOutput]):
+    """One rendition of an image (a request with sizes)."""
+
+    size = serializers.IntegerField(help_text="The bounding box asked, in pixels.")
+    url = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    format = serializers.CharField(help_text="jpeg, webp, avif, png or gif.")
+
+
 class ProductStatusSerializer(serializers.Serializer[ProductRow]):
     serial_number = serializers.CharField(source="product.serial_number")
     product_name = serializers.CharField(source="product.product_name")
@@ -206,8 +233,21 @@ class ProductStatusSerializer(serializers.Serializer[ProductRow]):
         child=serializers.CharField(allow_null=True),
         help_text="Aligned with input_image_urls: null where that image is not done.",
     )
+    outputs = serializers.ListField(
+        child=ImageOutputSerializer(many=True),
+        required=False,
+        help_text="Only for a request with sizes: aligned with input_image_urls, each image's outputs, one per "
+        "size, largest first (empty where that image is not done). A source no larger than a size is stored "
+        "once at its own size: every such size lists that one output.",
+    )
     # Describes the answer only (never validates input), so shadowing Serializer.errors is harmless.
     errors = ImageErrorSerializer(many=True, source="failed")  # type: ignore[assignment]
+
+    def to_representation(self, instance: ProductRow) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if data.get("outputs") is None:
+            data.pop("outputs", None)  # a request without sizes: the answer as it always was
+        return data
 
 
 class OutputUrlsSerializer(serializers.Serializer[dict[str, Any]]):

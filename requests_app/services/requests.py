@@ -17,9 +17,9 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from imageproc.engine import csv_io
+from imageproc.engine import csv_io, renditions
 from imageproc.engine.naming import source_key
-from products.models import ImageStatus, Product, ProductImage
+from products.models import ImageOutput, ImageStatus, Product, ProductImage
 from requests_app.models import (
     FINISHED_STATUSES,
     OutputFormat,
@@ -61,9 +61,17 @@ class RequestOptions:
     quality: int = field(default_factory=_default_quality)
     output_format: str = OutputFormat.JPEG
     webhook_url: str = ""
+    # Rendition sizes (bounding-box edges in pixels): a list of ints, or their text as the
+    # API form and the commands take it ("1600,800,200"); normalised to distinct ints,
+    # largest first. Empty: one output per image at its own size.
+    sizes: tuple[int, ...] | list[int] | str = ()
 
     def __post_init__(self) -> None:
         errors: dict[str, list[str]] = {}
+        try:
+            object.__setattr__(self, "sizes", tuple(parse_sizes(self.sizes)))  # frozen: normalised once
+        except ValueError as exc:
+            errors["sizes"] = [str(exc)]
         quality: object = self.quality
         if isinstance(quality, bool) or not isinstance(quality, int) or not QUALITY_MIN <= quality <= QUALITY_MAX:
             errors["quality"] = [f"Quality must be a whole number from {QUALITY_MIN} to {QUALITY_MAX}."]
@@ -81,6 +89,33 @@ class RequestOptions:
                 errors["webhook_url"] = [str(exc)]
         if errors:
             raise InvalidOptions(errors)
+
+
+def parse_sizes(value: object) -> list[int]:
+    """Rendition sizes from a list of ints or of digit strings, or from "1600,800,200";
+    distinct, largest first. Raises ValueError with the message a client sees."""
+    if value is None or value == "":
+        return []
+    items: list[object]
+    if isinstance(value, str):
+        items = [part.strip() for part in value.replace(" ", ",").split(",") if part.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError("Sizes are a list of whole numbers of pixels, e.g. 1600,800,200.")
+    numbers: list[int] = []
+    for item in items:
+        if isinstance(item, str) and item.isdecimal() and len(item) <= 6:
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{str(item)[:20]!r} is not a size: sizes are whole numbers of pixels, e.g. 1600,800,200.")
+        numbers.append(item)
+    if len(numbers) > renditions.MAX_SIZES:
+        raise ValueError(f"At most {renditions.MAX_SIZES} sizes, got {len(numbers)}.")
+    for number in numbers:
+        if not renditions.SIZE_MIN <= number <= renditions.SIZE_MAX:
+            raise ValueError(f"Each size is from {renditions.SIZE_MIN} to {renditions.SIZE_MAX} pixels, got {number}.")
+    return renditions.validate_sizes(numbers)
 
 
 def csv_limits() -> csv_io.CsvLimits:
@@ -134,6 +169,7 @@ def request_create(
         quality=options.quality,
         output_format=options.output_format,
         webhook_url=options.webhook_url,
+        sizes=list(options.sizes),
     )
     try:
         with transaction.atomic():
@@ -287,6 +323,8 @@ def request_reprocess(*, request: ProcessingRequest, dry_run: bool = False) -> i
         reset = ProductImage.objects.filter(request_id=request.pk).update(
             **_IMAGE_FRESH_START, output_name="", bytes_in=None, bytes_out=None
         )
+        # Every size is made again (a retry keeps those an image has: only the missing are made).
+        ImageOutput.objects.filter(request_id=request.pk).delete()
         ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
             status=RequestStatus.PENDING,
             images_done=0,

@@ -19,10 +19,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from imageproc.engine.signing import event_id_for
 from imageproc.storage import absolute_url
+from products.models import ImageOutput
 from requests_app.models import (
     FINISHED_STATUSES,
     ApiClient,
@@ -74,6 +76,23 @@ def event_payload(*, request: ProcessingRequest) -> str:
             "output_url": absolute_url(request.get_output_path()),
         },
     }
+    if request.sizes:
+        # Renditions: per size, how many images have an output and their bytes. Each
+        # image's own list ({size, url, width, height, bytes, format}) is in the status
+        # answer: the payload stays small, and the same for every attempt.
+        totals = {
+            size: (count, total or 0)
+            for size, count, total in ImageOutput.objects.filter(request_id=request.pk)
+            .order_by()
+            .values_list("size")
+            .annotate(count=Count("id"), total=Sum("bytes"))
+            .values_list("size", "count", "total")
+        }
+        body["data"]["sizes"] = list(request.sizes)  # type: ignore[index]
+        body["data"]["outputs"] = [  # type: ignore[index]
+            {"size": size, "images": totals.get(size, (0, 0))[0], "bytes": totals.get(size, (0, 0))[1]}
+            for size in request.sizes
+        ]
     return json.dumps(body, separators=(",", ":"))
 
 
