@@ -11,14 +11,26 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, ImageServer, Stack, csv_bytes, make_image, require_service, start_stack, stop_stack
+from tests.conftest import (
+    ROOT,
+    ImageServer,
+    Route,
+    Stack,
+    csv_bytes,
+    make_image,
+    require_service,
+    start_stack,
+    stop_stack,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -182,6 +194,58 @@ def test_upload_watch_download_and_retry_in_the_admin(
     expect(row).to_have_count(1)
     expect(row).to_contain_text("catalogue.csv")
     expect(row).to_contain_text("4/4")
+
+
+def gated(body: bytes, gate: threading.Event) -> Route:
+    """A JPEG answered only once the test opens `gate` (a minute at most)."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        gate.wait(60)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return Route(body, respond=respond)
+
+
+def test_the_request_page_updates_its_cards_and_status_while_the_request_runs(
+    page: Any, browser_stack: Stack, module_image_server: ImageServer
+) -> None:
+    """The figures of a running request move without a reload: images done, the status row,
+    not only the progress bar."""
+    from playwright.sync_api import expect
+
+    server = module_image_server
+    second, third = threading.Event(), threading.Event()
+    fast = server.add("/live/fast.jpg", make_image(400, 300))
+    server.routes["/live/second.jpg"] = gated(make_image(400, 300), second)
+    server.routes["/live/third.jpg"] = gated(make_image(400, 300), third)
+    urls = [fast, server.base_url + "/live/second.jpg", server.base_url + "/live/third.jpg"]
+    try:
+        admin_login(page, browser_stack.base_url)
+        page.click("text=Upload CSV")
+        content = csv_bytes([("1", "Live", urls)])
+        page.set_input_files("#id_file", {"name": "live.csv", "mimeType": "text/csv", "buffer": content})
+        page.click("input[name=_upload]")
+        page.wait_for_url("**/change/")
+        # A mark in the page's window: a reload would drop it.
+        page.evaluate("() => { window.loadedOnce = true; }")
+        expect(page.locator("#card-done")).to_contain_text("1 / 3", timeout=FINISH_MS)
+
+        second.set()  # the second image can end now, while the page is open
+        expect(page.locator("#card-done")).to_contain_text("2 / 3", timeout=FINISH_MS)
+        expect(page.locator("#request-status")).to_contain_text("Processing")
+        expect(page.locator("#detail-status")).to_contain_text("Processing")
+        assert page.locator("#request-live").get_attribute("data-finished") == "false"
+        assert page.evaluate("() => window.loadedOnce === true"), "the page was reloaded, not updated"
+    finally:
+        second.set()
+        third.set()
+    # Then it finishes, and the page reloads once to show the final state.
+    expect(page.locator("#request-status")).to_contain_text("Completed", timeout=FINISH_MS)
+    expect(page.locator("#card-done")).to_contain_text("3 / 3")
 
 
 def test_browsable_api_uploads_a_file_with_a_session(
