@@ -10,7 +10,9 @@ at 0 and 100 ms of latency on every image response and every S3 request. Then up
 ingest against a direct bulk_create, the status page at 50,000 products against 10, the
 peak RSS of a worker on 12 MP images and of the web process during a 20 MB upload, and
 the output/input sizes. Last, bench/quality.py: the encoders and formats (bytes against
-SSIMULACRA2), quality=auto, the throughput of each mode, never larger than the input.
+SSIMULACRA2), quality=auto, the throughput of each mode, never larger than the input; then
+bench/renditions.py: the sizes of issue 15 against one full-size re-encode (CPU, RSS,
+SSIMULACRA2, end to end with and without sizes).
 
 The full run writes bench/results.md and bench/throughput.png; a quick run writes them
 under bench/out/ so that it never overwrites the published figures.
@@ -37,7 +39,7 @@ from typing import Any
 import requests
 
 from bench import corpus as corpus_mod
-from bench import pipelines, profile, quality, report, sharing
+from bench import pipelines, profile, quality, renditions, report, sharing
 from bench import stack as stack_mod
 from bench.memory import CpuMeter, Peaks, threads
 from bench.servers import BUCKET, Servers
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small corpus, small files")
     parser.add_argument(
         "--only",
-        default="codec,naive,e2e,rss,ingest,status,web,quality,sharing",
+        default="codec,naive,e2e,rss,ingest,status,web,quality,sharing,renditions",
         help="comma-separated phases (default: all); a partial run does not write the report",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary service folders")
@@ -544,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         log("encoders, formats and quality=auto (bench/quality.py)")
         quality_results = quality.run(plan.quick, log=log, output_dir=plan.output_dir)
         results["quality"] = {k: quality_results[k] for k in ("photos", "graphics", "jpeg_default", "throughput")}
+    if "renditions" in phases:
+        log("renditions: sizes against one full-size re-encode (bench/renditions.py)")
+        results["renditions"] = renditions.run(plan.quick, log=log)
     results["bench_seconds"] = time.perf_counter() - started
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -560,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         if quality_results is not None:
             quality.write_section(quality_results["markdown"], markdown)
         log(f"wrote {markdown}")
+    if "renditions" in phases:
+        path = renditions.publish(results["renditions"], plan.output_dir, date=results["machine"]["date"])
+        log(f"wrote {path}")
     if "sharing" in results and "sharing" in phases:
         log(f"wrote {sharing.publish(results['sharing'], plan.output_dir, machine=results['machine'])}")
         print(sharing.goals_text(results["sharing"]))

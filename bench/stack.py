@@ -40,11 +40,14 @@ class Stack:
     def db_path(self) -> Path:
         return self.folder / "db.sqlite3"
 
-    def upload(self, csv_data: bytes, name: str = "catalogue.csv") -> dict[str, Any]:
+    def upload(
+        self, csv_data: bytes, name: str = "catalogue.csv", fields: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         response = requests.post(
             self.base_url + "/csv/upload",
             headers=self.headers,
             files={"file": (name, csv_data, "text/csv")},
+            data=fields or {},
             timeout=600,
         )
         if response.status_code != 202:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from io import BytesIO
 
+import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from imageproc.engine.compress import CompressOptions, ImageRejected, compress, configure_pillow, decode_source
 from imageproc.engine.renditions import draft_size, fitted, render, validate_sizes
@@ -50,6 +51,23 @@ def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_large
         assert source.resized == (decoded != (2400, 1800))
     renditions = render(data, [1000, 200])
     assert [decode(r.result.data).size for r in renditions] == [(1000, 750), (200, 150)]
+
+
+def test_a_draft_decode_whose_scale_does_not_divide_the_size_is_not_shifted() -> None:
+    # 2403 px at 1/4 is 600.75 px, decoded as 601: resized as if 601 px were the picture,
+    # the stripes would drift by most of a stripe towards the right edge.
+    stripes = Image.new("L", (2403, 1203), 255)
+    draw = ImageDraw.Draw(stripes)
+    for x in range(0, 2403, 24):
+        draw.rectangle((x, 0, x + 11, 1203), fill=0)
+    data = encode(stripes.convert("RGB"), "JPEG", quality=95)
+    full = decode(data).convert("L")
+    for box in (600, 1000):
+        (r,) = render(data, [box], CompressOptions(quality=95))
+        got = np.asarray(decode(r.result.data).convert("L"), dtype=np.float32)
+        reference = full.resize((got.shape[1], got.shape[0]), Image.Resampling.LANCZOS)
+        error = np.abs(got - np.asarray(reference, dtype=np.float32))
+        assert error[:, -200:].mean() < 5, box  # 20 when the draft's extent is ignored
 
 
 def test_a_drafted_source_never_returns_the_input_bytes_as_a_rendition() -> None:

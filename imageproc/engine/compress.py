@@ -249,6 +249,10 @@ class _Source:
     frames: int
     has_metadata: bool  # EXIF or XMP in the input
     resized: bool = False  # pixels smaller than the input's (a rendition): no "original"
+    # A JPEG decoded at a DCT scale: the picture's exact size in those pixels (4619 px at 1/2
+    # is 2309.5, decoded as 2310: the last column is half a column). A resize from it reads
+    # this box, or the rendition is shifted by up to half a pixel.
+    extent: tuple[float, float] | None = None
 
     def resized_to(self, pixels: Image.Image) -> _Source:
         """The same source with other (smaller) pixels: what a rendition encodes."""
@@ -337,8 +341,11 @@ def decode_source(
     with _open(data) as im:
         input_format = _check_header(im, data, opts, wanted)
         header_size = im.size
+        extent = None
         if draft is not None and (size := draft(header_size)) is not None:
-            im.draft(None, size)
+            drafted = im.draft(None, size)
+            if drafted is not None:
+                extent = drafted[1][2:]  # the picture's exact size in decoded pixels
         orientation, exif = _decode(im)
         rights = metadata.read_rights(im, exif) if opts.keep_copyright else NO_RIGHTS
         pixels, icc = _prepare_pixels(im)
@@ -354,6 +361,7 @@ def decode_source(
         frames if isinstance(frames, int) else 1,
         has_metadata,
         resized=pixels.size != header_size,
+        extent=extent if pixels.size != header_size else None,
     )
 
 

@@ -89,11 +89,11 @@ def validate_sizes(sizes: Sequence[object]) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def fitted(width: int, height: int, box: int) -> tuple[int, int]:
+def fitted(width: float, height: float, box: int) -> tuple[int, int]:
     """(width, height) inside a box x box square, aspect kept, never enlarged, at least 1x1."""
     longest = max(width, height)
     if longest <= box:
-        return width, height
+        return round(width), round(height)
     return max(1, round(width * box / longest)), max(1, round(height * box / longest))
 
 
@@ -114,12 +114,13 @@ def render(
     reducing_gap: float | None = REDUCING_GAP,
     draft_margin: float = DRAFT_MARGIN,
     draft: bool = True,
+    resample: Image.Resampling = RESAMPLE,
 ) -> list[Rendition]:
     """One Rendition per size (largest first), from one decode of `data`.
 
     Raises ImageRejected as compress() does, for the same inputs (the limits are checked on
     the header, before the draft scale is chosen); ValueError for bad sizes or options.
-    `reducing_gap`, `draft_margin` and `draft` are for the benchmark's comparisons.
+    `reducing_gap`, `draft_margin`, `draft` and `resample` are for the benchmark's comparisons.
     """
     opts = options if options is not None else CompressOptions()
     boxes = validate_sizes(sizes)
@@ -127,17 +128,22 @@ def render(
         raise ValueError("at least one size is needed")
     largest = boxes[0]
     source = decode_source(data, opts, draft=(lambda size: draft_size(size, largest, draft_margin)) if draft else None)
-    return render_decoded(source, boxes, opts, reducing_gap=reducing_gap)
+    return render_decoded(source, boxes, opts, reducing_gap=reducing_gap, resample=resample)
 
 
 def render_decoded(
-    source: DecodedImage, boxes: list[int], opts: CompressOptions, *, reducing_gap: float | None = REDUCING_GAP
+    source: DecodedImage,
+    boxes: list[int],
+    opts: CompressOptions,
+    *,
+    reducing_gap: float | None = REDUCING_GAP,
+    resample: Image.Resampling = RESAMPLE,
 ) -> list[Rendition]:
     """The renditions of an already decoded source; `boxes` largest first."""
-    # The picture's true size: a draft decode is smaller than the header says only by
-    # design (it still covers the largest box), so "not larger than the box" is judged on
-    # the decoded pixels only when the decode was whole.
-    width, height = source.pixels.size
+    # The picture's aspect: a draft decode's exact extent, not its rounded pixel count. A
+    # drafted source is already resized (it only covers the largest box): every box gets a
+    # rendition of it, never the input's own encoding.
+    width, height = source.extent or source.pixels.size
     renditions: list[Rendition] = []
     own_size: CompressResult | None = None
     pixels = source.pixels
@@ -149,6 +155,8 @@ def render_decoded(
             continue
         target = fitted(width, height, box)
         if pixels.size != target:
-            pixels = pixels.resize(target, RESAMPLE, reducing_gap=reducing_gap)
+            # From the draft decode, its exact extent (the first resize only).
+            area = (0.0, 0.0, *source.extent) if pixels is source.pixels and source.extent else None
+            pixels = pixels.resize(target, resample, box=area, reducing_gap=reducing_gap)
         renditions.append(Rendition(box, encode_source(source.resized_to(pixels), opts), resized=True))
     return renditions
