@@ -201,3 +201,22 @@ def test_reprocess_makes_every_size_again(
     assert ImageOutput.objects.count() == 0
     image_process(request_id=request.pk, image_ids=image_ids(request))
     assert sorted(ImageOutput.objects.values_list("size", "width")) == [(50, 50), (400, 400)]
+
+
+def test_process_csv_takes_sizes_and_writes_their_columns(image_server: ImageServer, tmp_path: Any) -> None:
+    from django.core.management import CommandError, call_command
+
+    url = image_server.add("/p.jpg", make_image(640, 480))
+    source = tmp_path / "catalogue.csv"
+    source.write_bytes(csv_bytes([("1", "Shoe", [url])]))
+    output = tmp_path / "out.csv"
+    call_command("process_csv", str(source), "--sizes", "100,400", "--output", str(output), stdout=io.StringIO())
+    request = ProcessingRequest.objects.get()
+    assert request.sizes == [400, 100]
+    header, row = list(csv.reader(io.StringIO(output.read_text("utf-8"))))
+    assert header[-2:] == ["Output Image Urls", "Output Image Urls (100px)"]
+    sizes = [stored_size(default_storage_name(cell)) for cell in row[-2:]]
+    assert sizes == [(400, 300), (100, 75)]
+    with pytest.raises(CommandError, match="--sizes"):
+        call_command("process_csv", str(source), "--sizes", "9000", stdout=io.StringIO())
+    assert ProcessingRequest.objects.count() == 1

@@ -51,7 +51,7 @@ FAILURES_SHOWN = 20
 # Without a terminal (a log, a CI job), one progress line at most this often.
 PLAIN_LINE_EVERY = 5.0
 # The command-line flag of each RequestOptions field, to name it in an error.
-OPTION_FLAGS = {"quality": "--quality", "output_format": "--format", "webhook_url": "--webhook-url"}
+OPTION_FLAGS = {"quality": "--quality", "output_format": "--format", "webhook_url": "--webhook-url", "sizes": "--sizes"}
 
 # What a progress tick reads: the counters, and the times request_progress derives the rate from.
 COUNTER_FIELDS = (
@@ -285,6 +285,12 @@ class Command(BaseCommand):
             "--format", dest="output_format", choices=OutputFormat.values, default=None, help="Default: jpeg."
         )
         parser.add_argument("--webhook-url", default="", help="Receives the completion webhook.")
+        parser.add_argument(
+            "--sizes",
+            default="",
+            help="Renditions: bounding-box edges in pixels, e.g. 1600,800,200 (each image stored once per size; "
+            "the output CSV gets a column per further size). Default: one output per image at its own size.",
+        )
         parser.add_argument("--wait", action="store_true", help="Follow the request to its end.")
         parser.add_argument(
             "--output",
@@ -311,6 +317,7 @@ class Command(BaseCommand):
             request_options = RequestOptions(
                 **{name: value for name, value in given.items() if value is not None},
                 webhook_url=options["webhook_url"],
+                sizes=options["sizes"],
             )
         except InvalidOptions as exc:
             raise CommandError(
