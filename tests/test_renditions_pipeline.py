@@ -220,3 +220,34 @@ def test_process_csv_takes_sizes_and_writes_their_columns(image_server: ImageSer
     with pytest.raises(CommandError, match="--sizes"):
         call_command("process_csv", str(source), "--sizes", "9000", stdout=io.StringIO())
     assert ProcessingRequest.objects.count() == 1
+
+
+def test_the_admin_uploads_with_sizes_and_shows_a_thumbnail_per_size(image_server: ImageServer) -> None:
+    import re
+
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    staff = User.objects.create_superuser("staff", "staff@example.com", "pw")
+    browser = Client()
+    browser.force_login(staff)
+    admin = "/admin/requests_app/processingrequest/"
+    url = image_server.add("/adm.jpg", make_image(900, 600))
+    file = io.BytesIO(csv_bytes([("1", "Lamp", [url])]))
+    file.name = "lamps.csv"
+    form = {"file": file, "quality": "60", "output_format": "jpeg", "webhook_url": "", "sizes": "300,600"}
+    response = browser.post(f"{admin}upload/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    request = ProcessingRequest.objects.get()
+    assert request.sizes == [600, 300]
+    html = browser.get(f"{admin}{request.pk}/change/").content.decode()
+    names = ImageOutput.objects.order_by("-size").values_list("name", flat=True)
+    for size, name in zip((600, 300), names, strict=True):
+        assert re.search(rf'<img src="[^"]*{re.escape(name)}" alt="{size}px"', html), size
+
+    file = io.BytesIO(csv_bytes([("1", "Lamp", [url])]))
+    file.name = "lamps.csv"
+    response = browser.post(f"{admin}upload/", {**form, "file": file, "sizes": "5"})
+    field = re.search(r'<div class="form-row errors field-sizes">(.*?)</div>', response.content.decode(), re.S)
+    assert field and "Each size is from 16 to 8192 pixels" in field.group(1)
+    assert ProcessingRequest.objects.count() == 1

@@ -164,3 +164,18 @@ class ImageView:
     @property
     def bytes_out(self) -> str:
         return human_bytes(self.image.bytes_out)
+
+    @property
+    def renditions(self) -> list[dict[str, Any]]:
+        """A request with sizes: one thumbnail per size, largest first (the selectors read them)."""
+        return [
+            {
+                "size": output.size,
+                "url": output.url,
+                "width": output.width,
+                "height": output.height,
+                "bytes": human_bytes(output.bytes),
+                "format": output.format,
+            }
+            for output in self.image.sized_outputs or ()
+        ]

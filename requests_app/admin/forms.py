@@ -57,6 +57,14 @@ class UploadForm(forms.Form):
         help_text="Optional: receives a signed POST when the request has finished.",
         widget=forms.URLInput(attrs={"size": 60, "placeholder": "https://example.com/hooks/images"}),
     )
+    sizes = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Sizes",
+        help_text="Optional renditions: bounding-box edges in pixels, e.g. 1600,800,200. Each image is stored once per "
+        "size, never enlarged; the output CSV gets a column per further size.",
+        widget=forms.TextInput(attrs={"size": 30, "placeholder": "1600,800,200"}),
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,7 +80,10 @@ class UploadForm(forms.Form):
         if "quality" in data and "output_format" in data:
             try:
                 data["options"] = RequestOptions(
-                    quality=data["quality"], output_format=data["output_format"], webhook_url=data["webhook_url"]
+                    quality=data["quality"],
+                    output_format=data["output_format"],
+                    webhook_url=data["webhook_url"],
+                    sizes=data.get("sizes", ""),
                 )
             except InvalidOptions as exc:
                 add_service_error(self, exc)
