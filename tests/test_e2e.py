@@ -76,6 +76,65 @@ def test_upload_poll_download_and_fetch_every_output(stack: Stack, module_image_
             assert len(fetched.content) < len(originals[source])
 
 
+def test_renditions_every_size_listed_in_the_csv_and_fetched_at_its_size(
+    stack: Stack, module_image_server: ImageServer
+) -> None:
+    big = module_image_server.add("/e2e/r/big.jpg", make_image(2400, 1800))
+    wide = module_image_server.add("/e2e/r/wide.jpg", make_image(1000, 400))
+    tiny = module_image_server.add("/e2e/r/tiny.png", make_image(150, 100, "PNG"), content_type="image/png")
+    missing = module_image_server.base_url + "/e2e/r/missing.jpg"
+    rows = [("1", "Sofa", [big, wide]), ("2", "Lamp", [tiny, missing, big])]
+    response = stack.post(
+        "/csv/upload",
+        files={"file": ("sized.csv", csv_bytes(rows), "text/csv")},
+        data={"sizes": "200,1600,800"},
+    )
+    assert response.status_code == 202, response.text
+    status = stack.wait_finished(response.json()["request_id"])
+    assert status["status"] == "completed_with_errors"
+    assert module_image_server.hits["/e2e/r/big.jpg"] == 1
+
+    # What each source gives at 1600, 800 and 200: fitted, never enlarged.
+    expected = {
+        big: [(1600, 1200), (800, 600), (200, 150)],
+        wide: [(1000, 400), (800, 320), (200, 80)],
+        tiny: [(150, 100), (150, 100), (150, 100)],
+    }
+    sofa, lamp = status["products"]
+    assert [[(o["width"], o["height"]) for o in outputs] for outputs in sofa["outputs"]] == [
+        expected[big],
+        expected[wide],
+    ]
+    assert lamp["outputs"][1] == []  # the missing image has none
+    assert [o["size"] for o in lamp["outputs"][0]] == [1600, 800, 200]
+
+    output = stack.get(f"/csv/output/{status['request_id']}")
+    table = list(csv.reader(io.StringIO(output.text)))
+    assert table[0] == [
+        "S. No.",
+        "Product Name",
+        "Input Image Urls",
+        "Output Image Urls",
+        "Output Image Urls (800px)",
+        "Output Image Urls (200px)",
+    ]
+    fetched_urls = set()
+    for _, _, inputs, *columns in table[1:]:
+        for index, column in enumerate(columns):
+            cells = column.split(",")
+            assert len(cells) == len(inputs.split(","))  # aligned like the main column
+            for source, url in zip(inputs.split(","), cells, strict=True):
+                if source == missing:
+                    assert url == ""
+                    continue
+                fetched = requests.get(url, timeout=10)
+                assert fetched.status_code == 200, url
+                assert Image.open(io.BytesIO(fetched.content)).size == expected[source][index]
+                fetched_urls.add(url)
+    # One stored output per distinct rendition: the tiny source is stored once for all three.
+    assert len(fetched_urls) == 3 + 3 + 1
+
+
 def test_status_and_output_while_processing(stack: Stack, module_image_server: ImageServer) -> None:
     slow = module_image_server.add("/e2e/slow.jpg", make_image(200, 200), delay=2.0)
     response = stack.post("/csv/upload", files={"file": ("slow.csv", csv_bytes([("1", "Slow", [slow])]), "text/csv")})
