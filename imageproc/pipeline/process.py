@@ -179,7 +179,8 @@ def image_process(*, request_id: Any, image_ids: Sequence[Any]) -> None:
         options = CompressOptions(
             quality=request.quality_option,
             output_format=request.output_format,
-            keep_copyright=request.keep_copyright,
+            # A MongoDB document older than the field has none (None): the default, kept.
+            keep_copyright=request.keep_copyright is not False,
             max_pixels=settings.IMAGE_MAX_PIXELS,
         )
         # A retry runs alone (the sweeper queues a stale image by itself): if that image kills
