@@ -251,3 +251,31 @@ def test_the_admin_uploads_with_sizes_and_shows_a_thumbnail_per_size(image_serve
     field = re.search(r'<div class="form-row errors field-sizes">(.*?)</div>', response.content.decode(), re.S)
     assert field and "Each size is from 16 to 8192 pixels" in field.group(1)
     assert ProcessingRequest.objects.count() == 1
+
+
+def test_the_webhook_payload_sums_up_each_size(
+    owner: Any,  # noqa: F811
+    queued: list[Any],  # noqa: F811
+    image_server: ImageServer,
+) -> None:
+    import json
+
+    from requests_app.services.webhooks import event_payload
+
+    a = image_server.add("/w1.jpg", make_image(800, 600))
+    b = image_server.add("/w2.jpg", make_image(100, 100))
+    request, _ = request_create(
+        owner=owner, csv_file=csv_bytes([("1", "A", [a, b])]), options=RequestOptions(sizes="400,50")
+    )
+    image_process(request_id=request.pk, image_ids=image_ids(request))
+    request.refresh_from_db()
+    data = json.loads(event_payload(request=request))["data"]
+    assert data["sizes"] == [400, 50]
+    by_size = {o["size"]: o for o in data["outputs"]}
+    assert by_size[400]["images"] == by_size[50]["images"] == 2
+    for size in (400, 50):
+        assert by_size[size]["bytes"] == sum(ImageOutput.objects.filter(size=size).values_list("bytes", flat=True))
+    plain, _ = request_create(owner=owner, csv_file=csv_bytes([("1", "A", [a])]))
+    image_process(request_id=plain.pk, image_ids=image_ids(plain))
+    plain.refresh_from_db()
+    assert "sizes" not in json.loads(event_payload(request=plain))["data"]
