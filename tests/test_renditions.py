@@ -155,3 +155,26 @@ def test_an_mpo_gives_renditions_of_its_first_picture() -> None:
     renditions = render(buf.getvalue(), [600, 100])
     assert [decode(r.result.data).size for r in renditions] == [(600, 450), (100, 75)]
     assert all(r.result.input_format == "MPO" for r in renditions)
+
+
+def test_the_output_csv_adds_a_column_per_further_size_aligned_with_the_inputs() -> None:
+    from imageproc.engine import csv_io
+
+    rows = [("1", "Sofa", ["a", "b"], ["A1600", None], [], [["A800", None], ["A200", None]])]
+    text = "".join(csv_io.render_output(rows, further_sizes=[800, 200]))
+    assert text.splitlines() == [
+        "S. No.,Product Name,Input Image Urls,Output Image Urls,Output Image Urls (800px),Output Image Urls (200px)",
+        '1,Sofa,"a,b","A1600,","A800,","A200,"',  # an empty slot where b is not done
+    ]
+    with pytest.raises(ValueError, match="aligned"):
+        list(csv_io.render_output([("1", "S", ["a"], ["x"], [], [["y", "z"]])], further_sizes=[800]))
+
+
+def test_an_uploaded_output_csv_with_size_columns_gives_them_up() -> None:
+    from imageproc.engine import csv_io
+
+    header = "S. No.,Product Name,Input Image Urls,Output Image Urls,Output Image Urls (800px),Note\r\n"
+    row = "1,Shirt,https://img.example/a.jpg,https://old/a.jpg,https://old/a-800.jpg,keep me\r\n"
+    parsed = csv_io.open_csv((header + row).encode())
+    assert parsed.layout.header == ("S. No.", "Product Name", "Input Image Urls", "Note")
+    assert [r.extra for r in parsed.rows] == [("keep me",)]

@@ -394,9 +394,10 @@ def _sniff_delimiter(first_line: str) -> str:
     return best
 
 
-# An upload's own `Output Image Urls` column (an output CSV uploaded again) is dropped: the
-# output appends its own.
+# An upload's own `Output Image Urls` columns (an output CSV uploaded again, with the size
+# columns of renditions too: `Output Image Urls (800px)`) are dropped: the output appends its own.
 _OUTPUT_KEY = _header_key(COLUMN_OUTPUT)
+_OUTPUT_KEYS = re.compile(re.escape(_OUTPUT_KEY) + r"(?:\d+px)?")
 
 
 def _kept_columns(header: list[str]) -> list[int]:
@@ -405,7 +406,7 @@ def _kept_columns(header: list[str]) -> list[int]:
     width = len(header)
     while width and not header[width - 1].strip():
         width -= 1
-    return [index for index in range(width) if _header_key(header[index]) != _OUTPUT_KEY]
+    return [index for index in range(width) if not _OUTPUT_KEYS.fullmatch(_header_key(header[index]))]
 
 
 def _map_header(header: list[str], errors: _Errors) -> dict[str, int]:
