@@ -279,3 +279,27 @@ def test_the_webhook_payload_sums_up_each_size(
     image_process(request_id=plain.pk, image_ids=image_ids(plain))
     plain.refresh_from_db()
     assert "sizes" not in json.loads(event_payload(request=plain))["data"]
+
+
+def test_reprocess_can_change_the_sizes_and_refuses_bad_ones(image_server: ImageServer, tmp_path: Any) -> None:
+    from django.core.management import CommandError, call_command
+
+    url = image_server.add("/rp.jpg", make_image(640, 480))
+    source = tmp_path / "catalogue.csv"
+    source.write_bytes(csv_bytes([("1", "Shoe", [url])]))
+    call_command("process_csv", str(source), "--sizes", "400", "--wait", stdout=io.StringIO())
+    request = ProcessingRequest.objects.get()
+    assert list(ImageOutput.objects.values_list("size", "width")) == [(400, 400)]
+    for bad in (["--sizes", "1"], ["--sizes", "300", "--failed-only"]):
+        with pytest.raises(CommandError, match="--sizes"):
+            call_command("reprocess", str(request.pk), *bad, stdout=io.StringIO())
+    request.refresh_from_db()
+    assert request.sizes == [400]
+    call_command("reprocess", str(request.pk), "--sizes", "320,80", "--wait", stdout=io.StringIO())
+    request.refresh_from_db()
+    assert request.sizes == [320, 80]
+    assert sorted(ImageOutput.objects.values_list("size", "width", "height")) == [(80, 80, 60), (320, 320, 240)]
+    call_command("reprocess", str(request.pk), "--sizes", "", "--wait", stdout=io.StringIO())
+    request.refresh_from_db()
+    assert request.sizes == [] and ImageOutput.objects.count() == 0
+    assert stored_size(ProductImage.objects.get().output_name) == (640, 480)

@@ -309,12 +309,23 @@ def request_retry_failed(*, request: ProcessingRequest, dry_run: bool = False) -
     return reset
 
 
-def request_reprocess(*, request: ProcessingRequest, dry_run: bool = False) -> int:
+def request_reprocess(
+    *, request: ProcessingRequest, dry_run: bool = False, sizes: list[int] | tuple[int, ...] | str | None = None
+) -> int:
     """Process every image of a finished request again, from scratch; return how many.
+
+    `sizes` (RequestOptions' rule; InvalidOptions naming `sizes`) replaces the request's
+    renditions from now on, an empty list none; None keeps them.
 
     Raises RequestNotFinished while the request runs. With `dry_run`, the same checks, and
     the count it would re-queue (every image: the request knows its total); nothing changes.
     """
+    new_sizes: dict[str, list[int]] = {}
+    if sizes is not None:
+        try:
+            new_sizes["sizes"] = parse_sizes(sizes)
+        except ValueError as exc:
+            raise InvalidOptions({"sizes": [str(exc)]}) from None
     _require_finished(request, "reprocess")
     if dry_run:
         return request.images_total
@@ -326,6 +337,7 @@ def request_reprocess(*, request: ProcessingRequest, dry_run: bool = False) -> i
         # Every size is made again (a retry keeps those an image has: only the missing are made).
         ImageOutput.objects.filter(request_id=request.pk).delete()
         ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
+            **new_sizes,
             status=RequestStatus.PENDING,
             images_done=0,
             images_failed=0,

@@ -8,6 +8,7 @@ Exit status: 0 done (or nothing to do); 1 error (unknown request, not finished);
 from __future__ import annotations
 
 import argparse
+import functools
 import uuid
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from requests_app.management.commands.process_csv import admin_url, finish
 from requests_app.models import ProcessingRequest
-from requests_app.services.errors import RequestNotFinished, ServiceError
+from requests_app.services.errors import InvalidOptions, RequestNotFinished, ServiceError
 from requests_app.services.requests import request_reprocess, request_retry_failed
 
 
@@ -27,6 +28,12 @@ class Command(BaseCommand):
         parser.add_argument("--failed-only", action="store_true", help="Retry only the images that failed.")
         parser.add_argument("--dry-run", action="store_true", help="Say what would be re-queued; change nothing.")
         parser.add_argument("--wait", action="store_true", help="Follow the request to its end, as process_csv does.")
+        parser.add_argument(
+            "--sizes",
+            default=None,
+            help="Renditions from now on, e.g. 1600,800,200 ('' for none); default: the request's own. "
+            "Not with --failed-only.",
+        )
         parser.add_argument("--timeout", type=float, default=None, help="Stop waiting after this many seconds.")
         parser.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
@@ -39,12 +46,19 @@ class Command(BaseCommand):
         if obj is None:
             raise CommandError(f"No request {pk}.")
         what = "failed images" if failed_only else "images"
-        service = request_retry_failed if failed_only else request_reprocess
+        sizes = options["sizes"]
+        if failed_only and sizes is not None:
+            raise CommandError("--sizes makes every image again: leave out --failed-only.")
+        service: Any = request_retry_failed if failed_only else request_reprocess
+        if sizes is not None:
+            service = functools.partial(request_reprocess, sizes=sizes)
 
         if dry_run:
             # The service's own checks and count, without the change.
             try:
                 count = service(request=obj, dry_run=True)
+            except InvalidOptions as exc:
+                raise CommandError(f"--sizes: {' '.join(exc.errors.get('sizes', [str(exc)]))}") from None
             except RequestNotFinished as exc:
                 self.stdout.write(
                     self.style.WARNING(f"Request {obj.pk} is {obj.status}: it would be refused until it has finished.")
@@ -59,6 +73,8 @@ class Command(BaseCommand):
 
         try:
             count = service(request=obj)
+        except InvalidOptions as exc:
+            raise CommandError(f"--sizes: {' '.join(exc.errors.get('sizes', [str(exc)]))}") from None
         except ServiceError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(self.style.SUCCESS(f"Re-queued {count} {what} of request {obj.pk}."))
