@@ -21,20 +21,60 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from imageproc.engine import renditions
+from imageproc.engine.compress import CANDIDATES
 from imageproc.storage import absolute_url
 from products.models import ImageOutput, ImageStatus, Product, ProductImage
 from requests_app.models import OutputFormat, ProcessingRequest, RequestStatus, WebhookDelivery, WebhookStatus
 from requests_app.selectors import Progress, product_status, request_progress
-from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, WEBHOOK_URL_MAX
+from requests_app.services.requests import QUALITY_LEVELS, QUALITY_MAX, QUALITY_MESSAGE, QUALITY_MIN, WEBHOOK_URL_MAX
 
 # --- Fields -----------------------------------------------------------------------------------
 
 
-@extend_schema_field(
-    {"type": "integer", "minimum": QUALITY_MIN, "maximum": QUALITY_MAX, "default": settings.IMAGE_DEFAULT_QUALITY}
-)
-class QualityField(serializers.IntegerField):
-    """An integer; its range is RequestOptions' rule: documented here, checked there."""
+# The quality asked for: a number, or an automatic level. In the status answer, "auto" is
+# given back as "auto:good" (RequestOptions normalises it).
+QUALITY_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "integer", "minimum": QUALITY_MIN, "maximum": QUALITY_MAX},
+        {"type": "string", "enum": list(QUALITY_LEVELS)},
+    ],
+}
+
+
+@extend_schema_field({**QUALITY_SCHEMA, "default": settings.IMAGE_DEFAULT_QUALITY, "examples": [50, "auto:eco"]})
+class QualityField(serializers.Field):  # type: ignore[type-arg]
+    """A whole number, or the text of an automatic level: the form sends text, so digits
+    become an int and any other text is passed on as it is. The range and the levels are
+    RequestOptions' rule: documented here, checked there."""
+
+    default_error_messages = {"invalid": QUALITY_MESSAGE}
+
+    def to_internal_value(self, data: Any) -> int | str:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return data
+        if not isinstance(data, str):
+            self.fail("invalid")
+        text = data.strip()
+        if text.lstrip("+-").isdecimal() and len(text) <= 6:
+            return int(text)
+        return text[:40]
+
+    def to_representation(self, value: Any) -> int | str:
+        return value  # type: ignore[no-any-return]
+
+
+class FormBooleanField(serializers.BooleanField):
+    """A boolean whose absence from a form means "not given" (its default), not false: DRF's
+    BooleanField reads a missing checkbox of an HTML form as false."""
+
+    default_empty_html = serializers.empty
+
+
+class BlankAsNullField(serializers.CharField):
+    """A text column whose empty value ("not known yet") is answered as null."""
+
+    def to_representation(self, value: Any) -> Any:
+        return str(value) if value else None
 
 
 @extend_schema_field({"type": "string", "enum": list(OutputFormat.values), "default": OutputFormat.JPEG.value})
@@ -80,8 +120,23 @@ class UploadSerializer(serializers.Serializer[Any]):
         f"https, a public address, at most {WEBHOOK_URL_MAX} characters. Empty or absent: the client's default "
         "webhook URL, if it has one.",
     )
-    quality = QualityField(required=False, help_text="JPEG/WebP quality. Default: IMAGE_DEFAULT_QUALITY (50).")
-    output_format = OutputFormatField(required=False, help_text="Default: jpeg.")
+    quality = QualityField(
+        required=False,
+        help_text=f"The encoder quality, {QUALITY_MIN}-{QUALITY_MAX}, or an automatic one: per image, the lowest "
+        "quality whose perceptual score (SSIMULACRA2 scale) meets the level's target: auto:high, auto:good (= auto, "
+        "answered as auto:good), auto:eco. Default: IMAGE_DEFAULT_QUALITY (50); auto:good with output_format=auto.",
+    )
+    output_format = OutputFormatField(
+        required=False,
+        help_text="jpeg, webp, avif (smallest, slowest to encode), or auto: per image, the smallest of the three at "
+        "the quality target (needs an automatic quality). An output is never larger than its input: the input "
+        "itself or a lossless PNG/WebP may be kept instead (see each image's candidate). Default: jpeg.",
+    )
+    keep_copyright = FormBooleanField(
+        required=False,
+        help_text="Keep the EXIF Artist and Copyright and the XMP rights in the outputs (all other metadata is "
+        "dropped); false drops them too. Default: true.",
+    )
     sizes = serializers.CharField(
         required=False,
         allow_blank=True,
@@ -220,6 +275,46 @@ class ImageOutputSerializer(serializers.Serializer[ImageOutput]):
     format = serializers.CharField(help_text="jpeg, webp, avif, png or gif.")
 
 
+class ImageResultSerializer(serializers.Serializer[ProductImage]):
+    """What the engine made of one image of a product (products.ProductImage)."""
+
+    url = serializers.CharField(source="source_url")
+    status = serializers.ChoiceField(choices=ImageStatus.choices)
+    output_url = serializers.CharField(allow_null=True)
+    format = BlankAsNullField(
+        source="output_format",
+        allow_null=True,
+        help_text="The output's format: jpeg, webp, avif, or png/gif for a kept or lossless graphic.",
+    )
+    candidate = BlankAsNullField(
+        allow_null=True,
+        help_text=f"Which encoding was kept, the smallest that is not larger than the input: {', '.join(CANDIDATES)}.",
+    )
+    quality_chosen = serializers.IntegerField(
+        allow_null=True, help_text="The encoder quality used; null for the original or a lossless output."
+    )
+    score = serializers.FloatField(
+        allow_null=True,
+        help_text="With an automatic quality: the predicted perceptual score reached (SSIMULACRA2 scale, 0-100).",
+    )
+    encoder = BlankAsNullField(allow_null=True, help_text="tuned, turbo, jpegli, libwebp, libaom or zlib.")
+    bytes_in = serializers.IntegerField(allow_null=True)
+    bytes_out = serializers.IntegerField(allow_null=True)
+
+
+@extend_schema_field({**QUALITY_SCHEMA, "description": "1-95, or auto:high, auto:good, auto:eco."})
+class QualityOptionField(serializers.ReadOnlyField):
+    """The quality a request asked for (ProcessingRequest.quality_option)."""
+
+
+class RequestOptionsSerializer(serializers.Serializer[ProcessingRequest]):
+    """How a request's images are processed (RequestOptions, as stored)."""
+
+    quality = QualityOptionField(source="quality_option")
+    output_format = serializers.ChoiceField(choices=OutputFormat.choices)
+    keep_copyright = serializers.BooleanField()
+
+
 class ProductStatusSerializer(serializers.Serializer[ProductRow]):
     serial_number = serializers.CharField(source="product.serial_number")
     product_name = serializers.CharField(source="product.product_name")
@@ -239,6 +334,10 @@ class ProductStatusSerializer(serializers.Serializer[ProductRow]):
         help_text="Only for a request with sizes: aligned with input_image_urls, each image's outputs, one per "
         "size, largest first (empty where that image is not done). A source no larger than a size is stored "
         "once at its own size: every such size lists that one output.",
+    )
+    images = ImageResultSerializer(
+        many=True,
+        help_text="Aligned with input_image_urls: what was made of each image (null fields until it is done).",
     )
     # Describes the answer only (never validates input), so shadowing Serializer.errors is harmless.
     errors = ImageErrorSerializer(many=True, source="failed")  # type: ignore[assignment]
@@ -276,6 +375,7 @@ class RequestStatusSerializer(serializers.Serializer[StatusPage]):
     output_url = AbsoluteUrlField(source="request.get_output_path")
     output_urls = OutputUrlsSerializer(help_text="How long the output image links stay valid.")
     products_count = serializers.IntegerField(source="request.products_total")
+    options = RequestOptionsSerializer(source="request", help_text="The options the images are processed with.")
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
     products = ProductStatusSerializer(many=True)

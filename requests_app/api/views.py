@@ -66,7 +66,7 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_KEY_RE = re.compile(rf"[\x20-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
 # The form fields that RequestOptions takes as they are.
-OPTION_FIELDS = ("quality", "output_format", "webhook_url", "sizes")
+OPTION_FIELDS = ("quality", "output_format", "keep_copyright", "webhook_url", "sizes")
 
 
 class ProcessingRequestViewSet(viewsets.GenericViewSet[ProcessingRequest]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from django.conf import settings
@@ -24,6 +24,7 @@ from requests_app.models import (
     FINISHED_STATUSES,
     OutputFormat,
     ProcessingRequest,
+    QualityMode,
     RequestStatus,
 )
 from requests_app.services.errors import InvalidOptions, RequestNotFinished, TooManyActiveRequests
@@ -36,6 +37,14 @@ INGEST_CHUNK = 2000
 
 # The encoders' useful range (imageproc.engine.compress refuses anything else).
 QUALITY_MIN, QUALITY_MAX = 1, 95
+# The automatic qualities a client may ask for: "auto" is stored and answered as "auto:good"
+# (the engine treats them alike), so that one request has one way to say what it asked.
+QUALITY_AUTO = "auto"
+QUALITY_LEVELS = (QUALITY_AUTO, *QualityMode.values)
+QUALITY_MESSAGE = (
+    f"Quality must be a whole number from {QUALITY_MIN} to {QUALITY_MAX}. "
+    f"An automatic quality is one of {', '.join(QUALITY_LEVELS)}."
+)
 # ProcessingRequest.webhook_url is a 2048-character column.
 WEBHOOK_URL_MAX = 2048
 
@@ -58,9 +67,14 @@ class RequestOptions:
     addresses, https); the fetcher applies the address guard again at every send.
     """
 
-    quality: int = field(default_factory=_default_quality)
+    # 1..95, or an automatic level (QUALITY_LEVELS; "auto" becomes "auto:good"). None: the
+    # settings' IMAGE_DEFAULT_QUALITY, or "auto:good" with output_format "auto" (which picks
+    # the format per image at a perceptual target, so it needs an automatic quality).
+    quality: int | str | None = None
     output_format: str = OutputFormat.JPEG
     webhook_url: str = ""
+    # EXIF Artist and Copyright and the XMP rights go into the outputs; False drops them too.
+    keep_copyright: bool = True
     # Rendition sizes (bounding-box edges in pixels): a list of ints, or their text as the
     # API form and the commands take it ("1600,800,200"); normalised to distinct ints,
     # largest first. Empty: one output per image at its own size.
@@ -73,11 +87,25 @@ class RequestOptions:
         except ValueError as exc:
             errors["sizes"] = [str(exc)]
         quality: object = self.quality
-        if isinstance(quality, bool) or not isinstance(quality, int) or not QUALITY_MIN <= quality <= QUALITY_MAX:
-            errors["quality"] = [f"Quality must be a whole number from {QUALITY_MIN} to {QUALITY_MAX}."]
+        if quality is None:
+            quality = QualityMode.GOOD.value if self.output_format == OutputFormat.AUTO else _default_quality()
+        elif quality == QUALITY_AUTO:
+            quality = QualityMode.GOOD.value
+        object.__setattr__(self, "quality", quality)  # frozen: normalised once
+        if isinstance(quality, str) and quality in QualityMode.values:
+            pass
+        elif isinstance(quality, bool) or not isinstance(quality, int) or not QUALITY_MIN <= quality <= QUALITY_MAX:
+            errors["quality"] = [QUALITY_MESSAGE]
+        elif self.output_format == OutputFormat.AUTO:
+            errors["quality"] = [
+                "output_format auto picks the smallest format at a perceptual target: its quality is "
+                f"automatic ({', '.join(QUALITY_LEVELS)}), or leave quality out for auto:good."
+            ]
         if self.output_format not in OutputFormat.values:
             choices = ", ".join(OutputFormat.values)
             errors["output_format"] = [f"{str(self.output_format)[:20]!r} is not an output format: use {choices}."]
+        if not isinstance(self.keep_copyright, bool):
+            errors["keep_copyright"] = ["keep_copyright is true or false."]
         url = str(self.webhook_url or "").strip()
         object.__setattr__(self, "webhook_url", url)  # frozen: the one normalisation
         if len(url) > WEBHOOK_URL_MAX:
@@ -89,6 +117,18 @@ class RequestOptions:
                 errors["webhook_url"] = [str(exc)]
         if errors:
             raise InvalidOptions(errors)
+
+    @property
+    def processing_fields(self) -> dict[str, Any]:
+        """How ProcessingRequest stores the processing options: a number in `quality`, or an
+        automatic level in `quality_mode` (quality NULL)."""
+        automatic = isinstance(self.quality, str)
+        return {
+            "quality": None if automatic else self.quality,
+            "quality_mode": self.quality if automatic else "",
+            "output_format": self.output_format,
+            "keep_copyright": self.keep_copyright,
+        }
 
 
 def parse_sizes(value: object) -> list[int]:
@@ -116,6 +156,29 @@ def parse_sizes(value: object) -> list[int]:
         if not renditions.SIZE_MIN <= number <= renditions.SIZE_MAX:
             raise ValueError(f"Each size is from {renditions.SIZE_MIN} to {renditions.SIZE_MAX} pixels, got {number}.")
     return renditions.validate_sizes(numbers)
+
+
+def reprocess_options(
+    request: ProcessingRequest,
+    *,
+    quality: int | str | None = None,
+    output_format: str | None = None,
+    keep_copyright: bool | None = None,
+) -> RequestOptions:
+    """The options to reprocess `request` with: its own, with those given replaced (None:
+    unchanged). A new output_format "auto" over a numeric quality takes "auto:good", as an
+    upload without a quality does. Raises InvalidOptions naming the refused fields. The
+    webhook URL is the request's and is not checked again here."""
+    fmt = output_format if output_format is not None else request.output_format
+    if quality is None:
+        quality = request.quality_option
+        if fmt == OutputFormat.AUTO and isinstance(quality, int):
+            quality = None
+    return RequestOptions(
+        quality=quality,
+        output_format=fmt,
+        keep_copyright=request.keep_copyright if keep_copyright is None else keep_copyright,
+    )
 
 
 def csv_limits() -> csv_io.CsvLimits:
@@ -166,8 +229,7 @@ def request_create(
         owner=owner,
         original_filename=filename[:255],
         idempotency_key=idempotency_key or None,
-        quality=options.quality,
-        output_format=options.output_format,
+        **options.processing_fields,
         webhook_url=options.webhook_url,
         sizes=list(options.sizes),
     )
@@ -272,6 +334,16 @@ _IMAGE_FRESH_START: dict[str, Any] = {
 }
 
 
+# What an image's last compression recorded (records.py), cleared when it is redone.
+_NO_COMPRESSION_RECORD: dict[str, Any] = {
+    "output_format": "",
+    "candidate": "",
+    "quality_chosen": None,
+    "score": None,
+    "encoder": "",
+}
+
+
 def _require_finished(request: ProcessingRequest, action: str) -> None:
     if request.status not in FINISHED_STATUSES:
         raise RequestNotFinished(f"The request is {request.status}; {action} it once it has finished.")
@@ -310,15 +382,22 @@ def request_retry_failed(*, request: ProcessingRequest, dry_run: bool = False) -
 
 
 def request_reprocess(
-    *, request: ProcessingRequest, dry_run: bool = False, sizes: list[int] | tuple[int, ...] | str | None = None
+    *,
+    request: ProcessingRequest,
+    options: RequestOptions | None = None,
+    dry_run: bool = False,
+    sizes: list[int] | tuple[int, ...] | str | None = None,
 ) -> int:
     """Process every image of a finished request again, from scratch; return how many.
 
     `sizes` (RequestOptions' rule; InvalidOptions naming `sizes`) replaces the request's
     renditions from now on, an empty list none; None keeps them.
 
-    Raises RequestNotFinished while the request runs. With `dry_run`, the same checks, and
-    the count it would re-queue (every image: the request knows its total); nothing changes.
+    With `options` (reprocess_options() builds them from the request's own), the images are
+    processed with its quality, output_format and keep_copyright from now on; the webhook
+    URL stays the request's. Raises RequestNotFinished while the request runs. With
+    `dry_run`, the same checks, and the count it would re-queue (every image: the request
+    knows its total); nothing changes.
     """
     new_sizes: dict[str, list[int]] = {}
     if sizes is not None:
@@ -329,14 +408,16 @@ def request_reprocess(
     _require_finished(request, "reprocess")
     if dry_run:
         return request.images_total
+    new_settings = options.processing_fields if options is not None else {}
     now = timezone.now()
     with transaction.atomic():
         reset = ProductImage.objects.filter(request_id=request.pk).update(
-            **_IMAGE_FRESH_START, output_name="", bytes_in=None, bytes_out=None
+            **_IMAGE_FRESH_START, output_name="", bytes_in=None, bytes_out=None, **_NO_COMPRESSION_RECORD
         )
         # Every size is made again (a retry keeps those an image has: only the missing are made).
         ImageOutput.objects.filter(request_id=request.pk).delete()
         ProcessingRequest.objects.filter(pk=request.pk, status__in=FINISHED_STATUSES).update(
+            **new_settings,
             **new_sizes,
             status=RequestStatus.PENDING,
             images_done=0,

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from imageproc.engine.signing import event_id_for
 from imageproc.storage import absolute_url
-from products.models import ImageOutput
+from products.models import ImageOutput, ProductImage
 from requests_app.models import (
     FINISHED_STATUSES,
     ApiClient,
@@ -41,6 +41,20 @@ from requests_app.services.webhook_urls import webhook_url_check
 logger = logging.getLogger(__name__)
 
 EVENT_REQUEST_COMPLETED = "request.completed"
+# Images listed one by one in a payload (the first, in row order); the status answer has all.
+WEBHOOK_IMAGES_MAX = 100
+# What a payload tells of each image: what the engine made of it. No output URL: a payload is
+# the same for every attempt and a presigned link would expire; the status answer has them.
+_IMAGE_RECORD = (
+    "source_url",
+    "status",
+    "output_format",
+    "candidate",
+    "quality_chosen",
+    "score",
+    "bytes_in",
+    "bytes_out",
+)
 
 
 class WebhookNotConfigured(ServiceError):
@@ -74,6 +88,15 @@ def event_payload(*, request: ProcessingRequest) -> str:
             "bytes_out": request.bytes_out,
             "status_url": absolute_url(request.get_status_path()),
             "output_url": absolute_url(request.get_output_path()),
+            "options": {
+                "quality": request.quality_option,
+                "output_format": request.output_format,
+                "keep_copyright": request.keep_copyright,
+            },
+            # Small requests whole, large ones their first WEBHOOK_IMAGES_MAX images
+            # (images_omitted says how many more the status answer lists).
+            "images": _image_records(request),
+            "images_omitted": max(0, request.images_total - WEBHOOK_IMAGES_MAX),
         },
     }
     if request.sizes:
@@ -94,6 +117,29 @@ def event_payload(*, request: ProcessingRequest) -> str:
             for size in request.sizes
         ]
     return json.dumps(body, separators=(",", ":"))
+
+
+def _image_records(request: ProcessingRequest) -> list[dict[str, Any]]:
+    rows = (
+        ProductImage.objects.filter(request_id=request.pk)
+        .order_by("product__position", "position")
+        .values_list(*_IMAGE_RECORD)[:WEBHOOK_IMAGES_MAX]
+    )
+    records = []
+    for url, status, fmt, candidate, quality_chosen, score, bytes_in, bytes_out in rows:
+        records.append(
+            {
+                "url": url,
+                "status": status,
+                "format": fmt or None,
+                "candidate": candidate or None,
+                "quality_chosen": quality_chosen,
+                "score": score,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+            }
+        )
+    return records
 
 
 def completion_event_id(request: ProcessingRequest) -> str:
