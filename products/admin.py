@@ -68,12 +68,25 @@ class ImageCells:
     def size(self, obj: ProductImage) -> str:
         return image_size(obj)
 
+    @admin.display(description="Compression")
+    def compression(self, obj: ProductImage) -> str:
+        """What the engine made of it: format, the candidate kept, the quality chosen and
+        the score reached (an automatic quality)."""
+        if not obj.candidate:
+            return NOTHING
+        parts = [obj.output_format.upper(), obj.candidate]
+        if obj.quality_chosen is not None:
+            parts.append(f"quality {obj.quality_chosen}")
+        if obj.score is not None:
+            parts.append(f"score {obj.score:.1f}")
+        return " · ".join(parts)
+
 
 class ImageInline(ImageCells, NoAddOrChange, ImageInlineBase):
     model = ProductImage
     extra = 0
     can_delete = False
-    fields = readonly_fields = ("position", "input", "output", "status_badge", "size", "error")
+    fields = readonly_fields = ("position", "input", "output", "status_badge", "size", "compression", "error")
     ordering = ("position",)
 
     @admin.display(description="Error")
@@ -127,7 +140,17 @@ class HasErrorFilter(admin.SimpleListFilter):
 
 @admin.register(ProductImage)
 class ProductImageAdmin(ImageCells, ReadOnlyAdmin):
-    list_display = ("input", "output", "status_badge", "request", "dimensions", "size", "error_code", "attempts")
+    list_display = (
+        "input",
+        "output",
+        "status_badge",
+        "request",
+        "dimensions",
+        "size",
+        "compression",
+        "error_code",
+        "attempts",
+    )
     list_filter = ("status", HasErrorFilter)
     search_fields = ("source_url",)
     search_help_text = "A request or product id (the whole UUID), or part of an image URL."
@@ -150,6 +173,11 @@ class ProductImageAdmin(ImageCells, ReadOnlyAdmin):
         "width",
         "height",
         "input_format",
+        "output_format",
+        "candidate",
+        "quality_chosen",
+        "score",
+        "encoder",
         "fetch_ms",
         "compress_ms",
         "store_ms",

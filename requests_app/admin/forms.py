@@ -16,7 +16,7 @@ from django.conf import settings
 
 from requests_app.models import ApiClient, OutputFormat
 from requests_app.services.errors import InvalidOptions, ServiceError
-from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, RequestOptions
+from requests_app.services.requests import QUALITY_LEVELS, QUALITY_MAX, QUALITY_MIN, RequestOptions
 from requests_app.services.webhook_urls import WebhookUrlInvalid, webhook_url_check
 
 if TYPE_CHECKING:
@@ -44,12 +44,27 @@ class UploadForm(forms.Form):
         label="CSV file",
         help_text="Columns: S. No., Product Name, Input Image Urls (comma-separated URLs). A header row is required.",
     )
-    quality = forms.IntegerField(
-        # The range is RequestOptions' rule; here it only sets the input's arrows.
-        widget=forms.NumberInput(attrs={"min": QUALITY_MIN, "max": QUALITY_MAX}),
-        help_text=f"JPEG/WebP quality, {QUALITY_MIN} to {QUALITY_MAX}.",
+    # Text: a number or an automatic level. The range and the levels are RequestOptions' rule.
+    quality = forms.CharField(
+        max_length=20,
+        widget=forms.TextInput(attrs={"size": 10, "list": "quality-levels"}),
+        help_text=f"The encoder quality, {QUALITY_MIN} to {QUALITY_MAX}, or an automatic one, per image the lowest "
+        f"quality that looks right: {', '.join(QUALITY_LEVELS)} (auto = auto:good). "
+        "Empty with the format auto: auto:good.",
+        required=False,
     )
-    output_format = forms.ChoiceField(choices=OutputFormat.choices, initial=OutputFormat.JPEG)
+    output_format = forms.ChoiceField(
+        choices=OutputFormat.choices,
+        initial=OutputFormat.JPEG,
+        help_text="AVIF is the smallest and the slowest to encode; auto takes, per image, the smallest of JPEG, "
+        "WebP and AVIF at an automatic quality.",
+    )
+    keep_copyright = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Keep copyright",
+        help_text="Keep the EXIF Artist and Copyright and the XMP rights in the outputs; other metadata is dropped.",
+    )
     webhook_url = forms.CharField(
         required=False,
         strip=False,  # RequestOptions normalises it
@@ -75,13 +90,15 @@ class UploadForm(forms.Form):
     def clean(self) -> dict[str, Any] | None:
         """The options as the service takes them, in cleaned_data["options"]: RequestOptions
         checks every rule of them (quality, format, the webhook URL guard) and names each
-        field it refuses."""
+        field it refuses. The quality is text: digits are a number, anything else a level."""
         data = super().clean() or {}
         if "quality" in data and "output_format" in data:
+            quality: str = data["quality"].strip()
             try:
                 data["options"] = RequestOptions(
-                    quality=data["quality"],
+                    quality=int(quality) if quality.isdecimal() else (quality or None),
                     output_format=data["output_format"],
+                    keep_copyright=bool(data.get("keep_copyright")),
                     webhook_url=data["webhook_url"],
                     sizes=data.get("sizes", ""),
                 )
