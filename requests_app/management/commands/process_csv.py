@@ -42,7 +42,7 @@ from requests_app.selectors import (
 )
 from requests_app.services.clients import api_client_create
 from requests_app.services.errors import InvalidOptions, ServiceError
-from requests_app.services.requests import QUALITY_MAX, QUALITY_MIN, RequestOptions, request_create
+from requests_app.services.requests import QUALITY_LEVELS, QUALITY_MAX, QUALITY_MIN, RequestOptions, request_create
 
 EXIT_FAILED_IMAGES = 2
 EXIT_TIMEOUT = 3
@@ -51,7 +51,14 @@ FAILURES_SHOWN = 20
 # Without a terminal (a log, a CI job), one progress line at most this often.
 PLAIN_LINE_EVERY = 5.0
 # The command-line flag of each RequestOptions field, to name it in an error.
-OPTION_FLAGS = {"quality": "--quality", "output_format": "--format", "webhook_url": "--webhook-url", "sizes": "--sizes"}
+OPTION_FLAGS = {
+    "quality": "--quality",
+    "output_format": "--format",
+    "keep_copyright": "--keep-copyright/--no-keep-copyright",
+    "webhook_url": "--webhook-url",
+    "sizes": "--sizes",
+}
+QUALITY_HELP = f"{QUALITY_MIN} to {QUALITY_MAX}, or {', '.join(QUALITY_LEVELS)}"
 
 # What a progress tick reads: the counters, and the times request_progress derives the rate from.
 COUNTER_FIELDS = (
@@ -64,6 +71,43 @@ COUNTER_FIELDS = (
     "started_at",
     "completed_at",
 )
+
+
+def quality_arg(text: str) -> int | str:
+    """--quality: digits are a number, anything else a level; RequestOptions checks both."""
+    text = text.strip()
+    return int(text) if text.isdecimal() else text
+
+
+def options_error(exc: InvalidOptions) -> CommandError:
+    """InvalidOptions as a command error naming each refused flag."""
+    return CommandError(
+        "; ".join(f"{OPTION_FLAGS.get(name, name)}: {' '.join(msgs)}" for name, msgs in exc.errors.items())
+    )
+
+
+def add_compression_arguments(parser: CommandParser) -> None:
+    """The compression options, the same flags in process_csv and reprocess (default None:
+    not given)."""
+    parser.add_argument(
+        "--quality",
+        type=quality_arg,
+        default=None,
+        help=f"{QUALITY_HELP} (default: IMAGE_DEFAULT_QUALITY; auto:good with --format auto).",
+    )
+    parser.add_argument(
+        "--format",
+        dest="output_format",
+        choices=OutputFormat.values,
+        default=None,
+        help="auto: per image the smallest of jpeg, webp and avif at an automatic quality. Default: jpeg.",
+    )
+    parser.add_argument(
+        "--keep-copyright",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep the EXIF Artist/Copyright and XMP rights in the outputs (default: kept).",
+    )
 
 
 def clock(seconds: float) -> str:
@@ -275,15 +319,7 @@ class Command(BaseCommand):
             default=None,
             help=f"Username that owns the request (default: an API client called {DEFAULT_OWNER!r}, made if missing).",
         )
-        parser.add_argument(
-            "--quality",
-            type=int,
-            default=None,
-            help=f"{QUALITY_MIN} to {QUALITY_MAX} (default: IMAGE_DEFAULT_QUALITY).",
-        )
-        parser.add_argument(
-            "--format", dest="output_format", choices=OutputFormat.values, default=None, help="Default: jpeg."
-        )
+        add_compression_arguments(parser)
         parser.add_argument("--webhook-url", default="", help="Receives the completion webhook.")
         parser.add_argument(
             "--sizes",
@@ -312,7 +348,11 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        given = {"quality": options["quality"], "output_format": options["output_format"]}
+        given = {
+            "quality": options["quality"],
+            "output_format": options["output_format"],
+            "keep_copyright": options["keep_copyright"],
+        }
         try:
             request_options = RequestOptions(
                 **{name: value for name, value in given.items() if value is not None},
@@ -320,9 +360,7 @@ class Command(BaseCommand):
                 sizes=options["sizes"],
             )
         except InvalidOptions as exc:
-            raise CommandError(
-                "; ".join(f"{OPTION_FLAGS.get(name, name)}: {' '.join(msgs)}" for name, msgs in exc.errors.items())
-            ) from None
+            raise options_error(exc) from None
         owner = self.owner(options["owner"])
 
         source: str = options["file"]

@@ -14,18 +14,32 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from requests_app.management.commands.process_csv import admin_url, finish
+from requests_app.management.commands.process_csv import (
+    add_compression_arguments,
+    admin_url,
+    finish,
+    options_error,
+)
 from requests_app.models import ProcessingRequest
 from requests_app.services.errors import InvalidOptions, RequestNotFinished, ServiceError
-from requests_app.services.requests import request_reprocess, request_retry_failed
+from requests_app.services.requests import (
+    RequestOptions,
+    reprocess_options,
+    request_reprocess,
+    request_retry_failed,
+)
 
 
 class Command(BaseCommand):
-    help = "Reprocess a finished request from scratch, or only its failed images (--failed-only)."
+    help = (
+        "Reprocess a finished request from scratch, with its own settings or new ones (--quality, --format, "
+        "--keep-copyright/--no-keep-copyright, --sizes), or retry only its failed images (--failed-only)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("request_id", help="The request id (the whole UUID).")
         parser.add_argument("--failed-only", action="store_true", help="Retry only the images that failed.")
+        add_compression_arguments(parser)
         parser.add_argument("--dry-run", action="store_true", help="Say what would be re-queued; change nothing.")
         parser.add_argument("--wait", action="store_true", help="Follow the request to its end, as process_csv does.")
         parser.add_argument(
@@ -49,9 +63,23 @@ class Command(BaseCommand):
         sizes = options["sizes"]
         if failed_only and sizes is not None:
             raise CommandError("--sizes makes every image again: leave out --failed-only.")
+        changes = {
+            name: options[name] for name in ("quality", "output_format", "keep_copyright") if options[name] is not None
+        }
+        new_options: RequestOptions | None = None
+        if changes:
+            if failed_only:
+                # A retry keeps the images already done: new settings would leave a request
+                # made with two kinds of settings.
+                raise CommandError("New settings make every image again: leave out --failed-only.")
+            try:
+                new_options = reprocess_options(obj, **changes)
+            except InvalidOptions as exc:
+                raise options_error(exc) from None
+            what = f"images (now {_describe(new_options)})"
         service: Any = request_retry_failed if failed_only else request_reprocess
-        if sizes is not None:
-            service = functools.partial(request_reprocess, sizes=sizes)
+        if sizes is not None or new_options is not None:
+            service = functools.partial(request_reprocess, sizes=sizes, options=new_options)
 
         if dry_run:
             # The service's own checks and count, without the change.
@@ -81,3 +109,8 @@ class Command(BaseCommand):
         self.stdout.write(f"  admin: {admin_url(obj)}")
         if options["wait"] and count:
             finish(self, obj, output=None, timeout=options["timeout"], interval=options["interval"])
+
+
+def _describe(options: RequestOptions) -> str:
+    copyright = "kept" if options.keep_copyright else "dropped"
+    return f"{options.output_format}, quality {options.quality}, copyright {copyright}"
