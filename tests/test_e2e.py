@@ -154,3 +154,37 @@ def test_health_reports_database_storage_and_workers(stack: Stack) -> None:
     assert body["checks"]["database"]["ok"] is True
     assert body["checks"]["storage"]["ok"] is True
     assert body["checks"]["workers"]["clusters"] >= 1
+
+
+def test_automatic_quality_and_avif_recorded_per_image_and_fetched_as_avif(
+    stack: Stack, module_image_server: ImageServer
+) -> None:
+    photo = module_image_server.add("/e2e/q/photo.jpg", make_image(800, 600))
+    png = module_image_server.add("/e2e/q/photo.png", make_image(400, 300, "PNG"), content_type="image/png")
+    rows = [("1", "Chair", [photo, png])]
+    response = stack.post(
+        "/csv/upload",
+        files={"file": ("auto.csv", csv_bytes(rows), "text/csv")},
+        data={"quality": "auto:eco", "output_format": "avif"},
+    )
+    assert response.status_code == 202, response.text
+    status = stack.wait_finished(response.json()["request_id"])
+    assert status["status"] == "completed"
+    assert status["options"] == {"quality": "auto:eco", "output_format": "avif", "keep_copyright": True}
+
+    [chair] = status["products"]
+    inputs = {photo: (800, 600), png: (400, 300)}
+    for record, out in zip(chair["images"], chair["output_image_urls"], strict=True):
+        assert record["status"] == "done"
+        assert (record["format"], record["candidate"], record["encoder"]) == ("avif", "reencoded", "libaom")
+        # An automatic quality: the encoder quality it settled on and the score it predicts.
+        assert 1 <= record["quality_chosen"] <= 95
+        assert 0 < record["score"] <= 100
+        assert record["output_url"] == out
+        fetched = requests.get(out, timeout=10)
+        assert fetched.status_code == 200, out
+        image = Image.open(io.BytesIO(fetched.content))
+        assert image.format == "AVIF"
+        assert image.size == inputs[record["url"]]
+        image.load()
+        assert len(fetched.content) == record["bytes_out"] < record["bytes_in"]
