@@ -469,7 +469,7 @@ def _lossy(source: _Source, opts: CompressOptions, formats: list[str]) -> _Candi
     choices = []
     for fmt in formats:
         im = _pixels_for(source, fmt)
-        sample = auto_quality.sample(im)
+        sample = auto_quality.sample(im, fmt)
         choice = auto_quality.choose_quality(sample, _encode_function(fmt, opts, no_meta, None), fmt, target)
         estimated = choice.sample_bytes * (im.width * im.height) / (sample.width * sample.height)
         choices.append((estimated, fmt, choice))

@@ -1,18 +1,25 @@
 """quality="auto": per image, the lowest encoder quality whose perceptual score meets a target.
 
 The score used at run time must cost little next to one encode, so it is not SSIMULACRA2
-itself: trial encodes are made of a *sample* of the image (full-resolution tiles aligned to
-the codecs' 16-pixel blocks, so the artefacts are those of the full encode), and compared
-with SSIM on the luma plane at two scales (numpy; 8x8 windows every 4 pixels, from 4x4
-block sums).
-That SSIM is mapped onto the SSIMULACRA2 scale by a per-format table fitted on the benchmark
-corpus (bench/quality.py, `--calibrate`), so targets and recorded scores are in SSIMULACRA2
-units. A search of a few trial encodes on the sample picks the quality; the caller then makes
-one full-size encode at it.
+itself. Trial encodes are made of a *sample* of the image: small full-resolution tiles spread
+over it in a grid, aligned to the codecs' 16-pixel blocks, so that the artefacts are those of
+the full encode (JPEG: 32-pixel tiles, 1/10 of the pixels; WebP and AVIF, whose prediction
+reaches further: 64-pixel tiles). A trial is scored by SSIM on the luma plane at two scales
+(numpy; 8x8 windows every 4 pixels, from 4x4 block sums), and a per-format linear model of
+that SSIM, the trial's bits per pixel, the sample's activity and the quality predicts the
+full image's SSIMULACRA2 (MODELS, fitted by bench/quality.py --calibrate on the even-numbered
+benchmark photographs and measured on images it was not fitted on: bench/results.md).
+
+The search: one trial at the quality where the calibration photographs score the target on
+average, a step along their mean curve to where this image should meet it, a second trial
+there when that step is 2 or more, and the quality where the line through the two trials
+meets the target (a third trial only when that lies more than 4 steps beyond both: an image
+unlike the calibration's). Then the caller makes the one full-size encode at it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -27,67 +34,42 @@ LEVELS_ALIAS: Final[dict[str, str]] = {"auto": "auto:good"}
 
 QUALITY_RANGE: Final[dict[str, tuple[int, int]]] = {"jpeg": (10, 95), "webp": (10, 95), "avif": (10, 95)}
 
-_TILE: Final = 128
-_MIN_SAMPLE: Final = 49_152  # pixels (3 tiles); an image this small or smaller is its own sample
-_MAX_SAMPLE: Final = 196_608  # 12 tiles of 128x128
-_SAMPLE_SHARE: Final = 20  # a sample holds about 1/20 of the image's pixels
-_MAX_TRIALS: Final = 6
-
-# SSIM (two-scale luma, see ssim()) -> SSIMULACRA2, per output format: piecewise linear
-# through these (ssim, ssimulacra2) points, fitted by bench/quality.py --calibrate.
-CALIBRATION: Final[dict[str, tuple[tuple[float, float], ...]]] = {
-    "jpeg": (
-        (0.0, -40.0),
-        (0.896, 34.65),
-        (0.9158, 39.48),
-        (0.9356, 57.38),
-        (0.9473, 62.05),
-        (0.9557, 67.39),
-        (0.9622, 67.97),
-        (0.9707, 75.37),
-        (0.9776, 78.88),
-        (0.9845, 84.45),
-        (0.9933, 88.22),
-        (1.0, 100.0),
-    ),
-    "webp": (
-        (0.0, -40.0),
-        (0.9045, 36.03),
-        (0.9292, 45.41),
-        (0.9429, 49.62),
-        (0.9495, 55.89),
-        (0.9587, 62.77),
-        (0.9642, 62.77),
-        (0.9713, 69.12),
-        (0.9781, 74.18),
-        (0.9846, 81.2),
-        (0.9906, 85.18),
-        (1.0, 100.0),
-    ),
-    "avif": (
-        (0.0, -40.0),
-        (0.8587, 15.6),
-        (0.8921, 19.86),
-        (0.929, 45.65),
-        (0.9483, 60.89),
-        (0.9642, 65.41),
-        (0.9756, 75.17),
-        (0.9827, 78.01),
-        (0.9897, 84.05),
-        (0.9943, 86.44),
-        (0.9976, 88.98),
-        (1.0, 100.0),
-    ),
-}
+_MIN_SAMPLE: Final = 49_152  # pixels; an image this small or smaller is its own sample
+_MAX_SAMPLE: Final = 262_144
 
 
-# Least-squares fits (bench/quality.py --calibrate): SSIMULACRA2 ~ MODEL . features(ssim, activity).
-# Fitted on the even-numbered photographs of the benchmark; residual SD on the odd ones ~4.4
-# SSIMULACRA2 points (bench/results.md), so about half of the images land within +-3.
-MODEL: Final[dict[str, tuple[float, ...]]] = {
-    "jpeg": (35.1302, 11.3816, 0.3736, -3.4243),
-    "webp": (20.3365, 17.0737, -0.0426, -6.2112),
-    "avif": (-41.712, 50.5574, -4.5801, -4.5896),
+@dataclass(frozen=True)
+class Model:
+    """Predicts SSIMULACRA2 from a sample trial: weights over features(); the mean SSIMULACRA2
+    of the calibration photographs at each quality (the search's start and its slope); the
+    sample's tile size and share of the image's pixels."""
+
+    weights: tuple[float, ...]
+    curve: tuple[tuple[int, float], ...]
+    tile: int
+    share: int
+
+
+# Fitted by bench/quality.py --calibrate (the even-numbered photographs of the benchmark).
+MODELS: Final[dict[str, Model]] = {
+    "jpeg": Model(
+        (-7.4419, 21.6837, 5.4445, -2.3267, 4.6527, -7.5348, 76.1502, -54.2303),
+        ((30, 52.07), (40, 63.02), (50, 66.39), (60, 71.01), (70, 75.33), (80, 80.09), (90, 87.59)),
+        32,
+        10,
+    ),
+    "webp": Model(
+        (6.5108, 26.7054, -1.0392, -2.5563, 5.851, -5.8115, 40.9639, -14.6398),
+        ((30, 48.29), (40, 55.1), (50, 59.98), (60, 64.71), (70, 68.55), (80, 75.19), (90, 84.69)),
+        64,
+        10,
+    ),
+    "avif": Model(
+        (-25.017, 21.2406, 6.9811, -2.3896, -0.8388, -5.7342, 103.8895, -77.4557),
+        ((20, 33.16), (30, 49.17), (40, 62.17), (50, 72.05), (60, 78.25), (70, 82.45), (80, 86.19)),
+        32,
+        10,
+    ),
 }
 
 
@@ -95,23 +77,30 @@ def target_for(level: str) -> float:
     return LEVELS[LEVELS_ALIAS.get(level, level)]
 
 
-def sample(im: Image.Image) -> Image.Image:
-    """Tiles of `im` spread over it in a grid, 16-pixel aligned, joined into one image."""
+def sample(im: Image.Image, fmt: str = "jpeg") -> Image.Image:
+    """The sample of `im` that trial encodes of `fmt` are made of (see MODELS)."""
+    model = MODELS[fmt]
+    return tiles(im, model.tile, model.share)
+
+
+def tiles(im: Image.Image, tile: int, share: int) -> Image.Image:
+    """Tiles of `im` (`tile` pixels square, 16-pixel aligned) spread over it in a grid, joined
+    into one image of about 1/`share` of its pixels (within _MIN_SAMPLE.._MAX_SAMPLE)."""
     pixels = im.width * im.height
-    if pixels <= _MIN_SAMPLE or min(im.size) < 2 * _TILE:
+    if pixels <= _MIN_SAMPLE or min(im.size) < 2 * tile:
         return im
-    budget = min(_MAX_SAMPLE, max(_MIN_SAMPLE, pixels // _SAMPLE_SHARE))
-    count = max(2, budget // (_TILE * _TILE))
+    budget = min(_MAX_SAMPLE, max(_MIN_SAMPLE, pixels // share))
+    count = max(2, budget // (tile * tile))
     columns = max(1, round((count * im.width / im.height) ** 0.5))
     rows = max(1, -(-count // columns))
-    columns = min(columns, im.width // _TILE)
-    rows = min(rows, im.height // _TILE)
-    out = Image.new(im.mode, (columns * _TILE, rows * _TILE))
+    columns = min(columns, im.width // tile)
+    rows = min(rows, im.height // tile)
+    out = Image.new(im.mode, (columns * tile, rows * tile))
     for row in range(rows):
-        y = ((im.height - _TILE) * (2 * row + 1) // (2 * rows)) // 16 * 16
+        y = ((im.height - tile) * (2 * row + 1) // (2 * rows)) // 16 * 16
         for column in range(columns):
-            x = ((im.width - _TILE) * (2 * column + 1) // (2 * columns)) // 16 * 16
-            out.paste(im.crop((x, y, x + _TILE, y + _TILE)), (column * _TILE, row * _TILE))
+            x = ((im.width - tile) * (2 * column + 1) // (2 * columns)) // 16 * 16
+            out.paste(im.crop((x, y, x + tile, y + tile)), (column * tile, row * tile))
     return out
 
 
@@ -185,12 +174,12 @@ class Scorer:
     both). 8x8 windows every 4 pixels; the reference's own sums are computed once."""
 
     def __init__(self, reference: np.ndarray) -> None:
-        self._full = _Reference.of(reference)
-        self._half = _Reference.of(_half(reference))
+        self.full = _Reference.of(reference)
+        self.half = _Reference.of(_half(reference))
 
     def __call__(self, distorted: np.ndarray) -> float:
-        full = _ssim_at(self._full, distorted)
-        half = _ssim_at(self._half, _half(distorted))
+        full = _ssim_at(self.full, distorted)
+        half = _ssim_at(self.half, _half(distorted))
         return (2 * full + half) / 3
 
 
@@ -205,47 +194,62 @@ def activity(plane: np.ndarray) -> float:
     return float(np.abs(np.diff(plane, axis=1)).mean() + np.abs(np.diff(plane, axis=0)).mean()) / 2
 
 
-# The range the fits saw (the benchmark's photographs); outside it they are held at its edge.
-_SSIM_RANGE: Final = (0.85, 0.997)
-_ACTIVITY_RANGE: Final = (1.0, 12.0)
-
-
-def features(value: float, busy: float) -> tuple[float, float, float, float]:
-    value = min(_SSIM_RANGE[1], max(_SSIM_RANGE[0], value))
-    busy = min(_ACTIVITY_RANGE[1], max(_ACTIVITY_RANGE[0], busy))
-    u = -float(np.log(1.0 - value))
-    return (1.0, u, u * u, float(np.log(1.0 + busy)))
-
-
-def to_ssimulacra2(value: float, fmt: str, busy: float = 8.0) -> float:
-    """The predicted SSIMULACRA2 of an encode whose sample scored `value` (ssim()), for a
-    sample of activity `busy` (activity())."""
-    model = MODEL.get(fmt)
-    if model is not None:
-        # Past the fitted range, a perfect match still scores 100 and nothing scores more.
-        if value >= 1.0:
-            return 100.0
-        predicted = float(np.dot(model, features(value, busy)))
-        if value > _SSIM_RANGE[1]:
-            top = float(np.dot(model, features(_SSIM_RANGE[1], busy)))
-            predicted = top + (100.0 - top) * (value - _SSIM_RANGE[1]) / (1.0 - _SSIM_RANGE[1])
-        return min(100.0, predicted)
-    points = CALIBRATION[fmt]
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    return float(np.interp(value, xs, ys))
-
-
-# (format, target) -> the quality chosen last in this process: the next search starts there.
-_last_choice: dict[tuple[str, float], int] = {}
+def features(ssim_full: float, ssim_half: float, bits_per_pixel: float, busy: float, quality: int) -> list[float]:
+    """What the models see of a trial: its SSIM at full and half scale (as -ln(1 - ssim)),
+    its bits per pixel, the sample's activity (log) and the quality (scaled to 0..1)."""
+    uf = -float(np.log(max(1e-6, 1.0 - min(ssim_full, 0.9995))))
+    uh = -float(np.log(max(1e-6, 1.0 - min(ssim_half, 0.9995))))
+    q = quality / 100
+    return [1.0, uf, uh, uf * uf, float(np.log(max(bits_per_pixel, 1e-3))), float(np.log1p(busy)), q, q * q]
 
 
 @dataclass(frozen=True)
 class Choice:
     quality: int
-    score: float  # predicted SSIMULACRA2 of the sample at that quality
-    sample_bytes: int  # the sample's encoded size at that quality
+    score: float  # predicted SSIMULACRA2 of the full image at that quality
+    sample_bytes: int  # the sample's encoded size at that quality (interpolated between trials)
     trials: int
+
+
+@dataclass(frozen=True)
+class Trial:
+    quality: int
+    score: float  # predicted SSIMULACRA2
+    size: int
+
+
+class Predictor:
+    """Trial encodes of one sample in one format, each turned into a predicted SSIMULACRA2."""
+
+    def __init__(self, sample_image: Image.Image, encode: Callable[[Image.Image, int], bytes], fmt: str) -> None:
+        self._image = sample_image
+        self._encode = encode
+        self._model = MODELS[fmt]
+        reference = _luma(sample_image)
+        self._scorer = Scorer(reference)
+        self._busy = activity(reference)
+        self._pixels = sample_image.width * sample_image.height
+
+    def __call__(self, quality: int) -> Trial:
+        data = self._encode(self._image, quality)
+        distorted = decoded_luma(data)
+        full = _ssim_at(self._scorer.full, distorted)
+        half = _ssim_at(self._scorer.half, _half(distorted))
+        if full >= 0.99999 and half >= 0.99999:
+            return Trial(quality, 100.0, len(data))  # nothing lost (a flat sample)
+        row = features(full, half, len(data) * 8 / self._pixels, self._busy, quality)
+        score = float(np.dot(self._model.weights, row))
+        return Trial(quality, min(100.0, score), len(data))
+
+
+def _on_curve(curve: tuple[tuple[int, float], ...], target: float) -> tuple[float, float]:
+    """The quality at which `curve` reaches `target` and the curve's slope there (score per
+    quality step; never below 0.05, so that a step stays finite)."""
+    qualities = [float(q) for q, _ in curve]
+    scores = [s for _, s in curve]
+    quality = float(np.interp(target, scores, qualities))
+    slopes = np.gradient(scores, qualities)
+    return quality, max(0.05, float(np.interp(quality, qualities, slopes)))
 
 
 def choose_quality(
@@ -254,51 +258,51 @@ def choose_quality(
     fmt: str,
     target: float,
 ) -> Choice:
-    """The lowest quality (in QUALITY_RANGE[fmt]) whose predicted score on `sample_image`
-    meets `target`, or the top of the range when none does. `encode(image, quality)` makes
-    the trial files, decoded here with Pillow."""
-    reference_plane = _luma(sample_image)
-    scorer = Scorer(reference_plane)
-    busy = activity(reference_plane)
+    """The quality (in QUALITY_RANGE[fmt]) at which the predicted SSIMULACRA2 of the image meets
+    `target`, from at most two trial encodes of `sample_image` (see the module's docstring).
+    `encode(image, quality)` makes the trial files, decoded here with Pillow."""
     low, high = QUALITY_RANGE[fmt]
-    tried: dict[int, tuple[float, int]] = {}
-
-    def trial(quality: int) -> float:
-        data = encode(sample_image, quality)
-        score = to_ssimulacra2(scorer(decoded_luma(data)), fmt, busy)
-        tried[quality] = (score, len(data))
-        return score
-
-    # Invariant: scores are non-decreasing in quality. Bracket [lo_q (fails), hi_q (meets)].
-    # First guess: the quality the last image of this format and target needed (a batch of
-    # product photos is alike), else a typical one.
-    guess = _last_choice.get((fmt, target), {"jpeg": 60, "webp": 70, "avif": 60}[fmt] + round((target - 70) * 1.2))
-    guess = min(high, max(low, guess))
-    lo_q, hi_q = low - 1, high + 1
-    quality = guess
-    while len(tried) < _MAX_TRIALS and hi_q - lo_q > 1:
-        score = trial(quality)
-        if score >= target:
-            hi_q = quality
+    predict = Predictor(sample_image, encode, fmt)
+    start, slope = _on_curve(MODELS[fmt].curve, target)
+    first = predict(min(high, max(low, round(start))))
+    step = min(high, max(low, round(first.quality + (target - first.score) / slope)))
+    if abs(step - first.quality) < 2:
+        step = max(step, first.quality) if first.score < target else step
+        score = first.score + slope * (step - first.quality)
+        return Choice(step, score, first.size, 1)
+    trials = [first, predict(step)]
+    quality, weight, a, b = _through(trials, target, low, high)
+    if min(abs(quality - t.quality) for t in trials) > _FAR:
+        # The target lies well outside both trials (an image unlike the calibration's): one
+        # more trial where the line says, then the line through the two around the target.
+        trials.append(predict(quality))
+        below = [t for t in trials if t.score < target]
+        above = [t for t in trials if t.score >= target]
+        if below and above:  # bracketed: the closest pair around the target
+            pair = [max(below, key=lambda t: t.quality), min(above, key=lambda t: t.quality)]
         else:
-            lo_q = quality
-        if hi_q - lo_q <= 1:
-            break
-        below, above = tried.get(lo_q), tried.get(hi_q)
-        if below is not None and above is not None and above[0] > below[0]:
-            # Both ends known: interpolate (secant), kept strictly inside the bracket.
-            estimate = lo_q + (target - below[0]) * (hi_q - lo_q) / (above[0] - below[0])
-            nxt = min(hi_q - 1, max(lo_q + 1, round(estimate)))
-        else:
-            # One end open: step towards it, at least 8 qualities (the slope guess may be flat).
-            step = max(8, round(abs(target - score) * 1.5))
-            nxt = quality + step if score < target else quality - step
-            nxt = min(min(hi_q, high + 1) - 1, max(max(lo_q, low - 1) + 1, nxt))
-        quality = nxt
-    if hi_q > high:  # nothing tried met the target: the best quality there is
-        if high not in tried:
-            trial(high)
-        hi_q = high
-    score, size = tried[hi_q]
-    _last_choice[(fmt, target)] = hi_q
-    return Choice(hi_q, score, size, len(tried))
+            pair = sorted(trials, key=lambda t: abs(t.score - target))[:2]
+        quality, weight, a, b = _through(pair, target, low, high)
+    score = a.score + (b.score - a.score) * weight
+    size = float(np.exp(np.log(a.size) + (np.log(b.size) - np.log(a.size)) * weight))
+    return Choice(quality, score, round(size), len(trials))
+
+
+_FAR: Final = 4  # quality steps beyond the nearest trial that a line is trusted for
+
+
+def _through(trials: list[Trial], target: float, low: int, high: int) -> tuple[int, float, Trial, Trial]:
+    """The quality (in low..high) where the line through two trials meets `target`, no further
+    from them than they are apart; and its weight along the line from a to b."""
+    a, b = sorted(trials[:2], key=lambda t: t.quality)
+    spread = b.quality - a.quality
+    if spread == 0:
+        return a.quality, 0.0, a, a
+    if b.score - a.score > 0.05:
+        exact = a.quality + (target - a.score) * spread / (b.score - a.score)
+    else:  # flat between the trials (a sample the codec barely changes): the lower one
+        exact = float(a.quality if a.score >= target else b.quality)
+    exact = min(b.quality + spread, max(a.quality - spread, exact))
+    # The lowest whole quality on the line that meets the target.
+    quality = min(high, max(low, math.ceil(exact - 1e-6)))
+    return quality, (quality - a.quality) / spread, a, b
