@@ -414,3 +414,21 @@ def test_reprocess_refuses_bad_or_mixed_new_settings(api: APIClient, image_serve
     # A new format auto over a numeric quality takes auto:good, as an upload without one does.
     assert reprocess_options(request, output_format="auto").quality == "auto:good"
     assert reprocess_options(request, keep_copyright=False).quality == 60
+
+
+def test_a_request_with_sizes_records_what_its_largest_size_was_made_of(
+    api: APIClient, image_server: ImageServer
+) -> None:
+    url = image_server.add("/s.jpg", make_image(1200, 900))
+    response = upload(api, [("1", "A", [url])], quality="auto:eco", output_format="webp", sizes="800,200")
+    assert response.status_code == 202, response.content
+    [image] = images_of(response.json()["request_id"])
+    assert (image.status, image.output_format, image.candidate, image.encoder) == (
+        "done",
+        "webp",
+        "reencoded",
+        "libwebp",
+    )
+    assert image.quality_chosen is not None and image.score is not None
+    decoded, _ = stored(image)
+    assert (decoded.format, decoded.size) == ("WEBP", (800, 600))

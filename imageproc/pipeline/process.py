@@ -39,6 +39,7 @@ from imageproc.pipeline.leases import holding, lease_end
 from imageproc.pipeline.records import (
     Group,
     SizedOutput,
+    compression_record,
     existing_outputs,
     pending_due,
     record_done,
@@ -414,6 +415,8 @@ class _Stream:
             record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
             return
         group.compress_ms = _ms(start)
+        if renditions and missing[0] == self.sizes[0]:
+            group.compression = compression_record(renditions[0].result)  # the largest size's
         # Boxes at or above the source's size share one result: stored once.
         distinct: dict[int, tuple[CompressResult, list[int]]] = {}
         for rendition in renditions:

@@ -54,6 +54,9 @@ class Group:
     # uploads still running, and the output of the first size (the image's own fields).
     outputs: list[SizedOutput] = field(default_factory=list)
     uploads_left: int = 0
+    # A request with sizes: what the engine made of the first (largest) size, recorded on the
+    # image as its one output's record is without sizes (compression_record).
+    compression: dict[str, Any] = field(default_factory=dict)
     upload_failed: bool = False
     input_format: str = ""
 
@@ -164,7 +167,7 @@ def _record_done(request_id: Any, token: str, groups: list[Group]) -> None:
                 compress_ms=group.compress_ms,
                 error_code="",
                 error_message="",
-                **_compression_record(group.result),
+                **(compression_record(group.result) if group.result is not None else group.compression),
                 **fields,
             )
             done += changed
@@ -207,7 +210,7 @@ def _output_fields(group: Group) -> dict[str, Any]:
     }
 
 
-def _compression_record(result: CompressResult | None) -> dict[str, Any]:
+def compression_record(result: CompressResult | None) -> dict[str, Any]:
     """What the engine made of an image, kept per image (the status answer, the webhook
     payload and the admin show it): the format, the candidate that won, the quality and the
     predicted score of an automatic quality, the encoder."""
