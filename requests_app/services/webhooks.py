@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from imageproc.engine.signing import event_id_for
 from imageproc.storage import absolute_url
-from products.models import ImageOutput, ProductImage
+from products.models import ImageOutput, Product, ProductImage
 from requests_app.models import (
     FINISHED_STATUSES,
     ApiClient,
@@ -120,13 +120,21 @@ def event_payload(*, request: ProcessingRequest) -> str:
 
 
 def _image_records(request: ProcessingRequest) -> list[dict[str, Any]]:
-    rows = (
-        ProductImage.objects.filter(request_id=request.pk)
-        .order_by("product__position", "position")
-        .values_list(*_IMAGE_RECORD)[:WEBHOOK_IMAGES_MAX]
+    # Two reads of one collection each, not one ordered across the product relation: on
+    # MongoDB that would be a join ($lookup). A product has at least one image, so the first
+    # WEBHOOK_IMAGES_MAX products hold the first WEBHOOK_IMAGES_MAX images.
+    products = list(
+        Product.objects.filter(request_id=request.pk)
+        .order_by("position")
+        .values_list("id", flat=True)[:WEBHOOK_IMAGES_MAX]
     )
+    order = {product_id: index for index, product_id in enumerate(products)}
+    images = ProductImage.objects.filter(request_id=request.pk, product_id__in=products).values_list(
+        "product_id", "position", *_IMAGE_RECORD
+    )
+    rows = sorted(images, key=lambda row: (order[row[0]], row[1]))[:WEBHOOK_IMAGES_MAX]
     records = []
-    for url, status, fmt, candidate, quality_chosen, score, bytes_in, bytes_out in rows:
+    for _, _, url, status, fmt, candidate, quality_chosen, score, bytes_in, bytes_out in rows:
         records.append(
             {
                 "url": url,
