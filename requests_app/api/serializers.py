@@ -41,7 +41,7 @@ QUALITY_SCHEMA: dict[str, Any] = {
 }
 
 
-@extend_schema_field({**QUALITY_SCHEMA, "default": settings.IMAGE_DEFAULT_QUALITY, "examples": [50, "auto:eco"]})
+@extend_schema_field({**QUALITY_SCHEMA, "default": settings.IMAGE_DEFAULT_QUALITY, "example": 50})
 class QualityField(serializers.Field):  # type: ignore[type-arg]
     """A whole number, or the text of an automatic level: the form sends text, so digits
     become an int and any other text is passed on as it is. The range and the levels are
