@@ -90,6 +90,12 @@ class WebhookUrlField(serializers.CharField):
     """A string; the URL rule (https, a public address) is webhook_url_check's: checked there."""
 
 
+# Empty for the same reason: Swagger would otherwise fill in `string`, which is no list of sizes.
+@extend_schema_field({"type": "string", "maxLength": 100, "example": ""})
+class SizesField(serializers.CharField):
+    """A comma-separated list of sizes; RequestOptions checks it."""
+
+
 class RequestStatusField(serializers.ChoiceField):
     """A request's status: one enum (RequestStatusEnum) wherever an answer carries it."""
 
@@ -137,7 +143,7 @@ class UploadSerializer(serializers.Serializer[Any]):
         help_text="Keep the EXIF Artist and Copyright and the XMP rights in the outputs (all other metadata is "
         "dropped); false drops them too. Default: true.",
     )
-    sizes = serializers.CharField(
+    sizes = SizesField(
         required=False,
         allow_blank=True,
         max_length=100,
