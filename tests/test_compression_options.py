@@ -146,7 +146,7 @@ def test_upload_auto_eco_avif_records_each_image_and_answers_as_documented(
     documented = Documented(api)
     status = documented.check(api.get(f"/csv/status/{request_id}"))
     assert status["status"] == "completed"
-    assert status["options"] == {"quality": "auto:eco", "output_format": "avif", "keep_copyright": True}
+    assert status["options"] == {"quality": "auto:eco", "output_format": "avif", "keep_copyright": True, "sizes": []}
 
     [chair] = status["products"]
     rows = images_of(request_id)
@@ -182,7 +182,7 @@ def test_upload_output_format_auto_takes_auto_good_and_a_failed_image_has_no_rec
     response = upload(api, [("1", "A", [url, missing])], output_format="auto", keep_copyright="false")
     assert response.status_code == 202, response.content
     status = api.get(f"/csv/status/{response.json()['request_id']}").json()
-    assert status["options"] == {"quality": "auto:good", "output_format": "auto", "keep_copyright": False}
+    assert status["options"] == {"quality": "auto:good", "output_format": "auto", "keep_copyright": False, "sizes": []}
     done, failed = status["products"][0]["images"]
     assert done["format"] in ("jpeg", "webp", "avif")
     assert done["candidate"] in CANDIDATES

@@ -170,7 +170,7 @@ def test_automatic_quality_and_avif_recorded_per_image_and_fetched_as_avif(
     assert response.status_code == 202, response.text
     status = stack.wait_finished(response.json()["request_id"])
     assert status["status"] == "completed"
-    assert status["options"] == {"quality": "auto:eco", "output_format": "avif", "keep_copyright": True}
+    assert status["options"] == {"quality": "auto:eco", "output_format": "avif", "keep_copyright": True, "sizes": []}
 
     [chair] = status["products"]
     inputs = {photo: (800, 600), png: (400, 300)}

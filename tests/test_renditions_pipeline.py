@@ -68,6 +68,7 @@ def test_an_upload_with_sizes_answers_every_output_and_the_csv_adds_a_column_per
 
     status = api.get(f"/csv/status/{request.pk}").json()
     assert status["status"] == "completed"
+    assert status["options"]["sizes"] == [1600, 800, 200]
     shoe, hat = status["products"]
     expected = {
         # 1600 is above the source: its own size. 800 and 200 fit inside.

@@ -319,6 +319,10 @@ class RequestOptionsSerializer(serializers.Serializer[ProcessingRequest]):
     quality = QualityOptionField(source="quality_option")
     output_format = serializers.ChoiceField(choices=OutputFormat.choices)
     keep_copyright = serializers.BooleanField()
+    sizes = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="The renditions' bounding-box edges in pixels, largest first; empty: one output per image.",
+    )
 
 
 class ProductStatusSerializer(serializers.Serializer[ProductRow]):
