@@ -242,6 +242,7 @@ def test_the_admin_uploads_with_sizes_and_shows_a_thumbnail_per_size(image_serve
     request = ProcessingRequest.objects.get()
     assert request.sizes == [600, 300]
     html = browser.get(f"{admin}{request.pk}/change/").content.decode()
+    assert "sizes 600, 300 px" in html
     names = ImageOutput.objects.order_by("-size").values_list("name", flat=True)
     for size, name in zip((600, 300), names, strict=True):
         assert re.search(rf'<img src="[^"]*{re.escape(name)}" alt="{size}px"', html), size
