@@ -266,6 +266,7 @@ def auto_section(
                 "target": target,
                 "within_3": within,
                 "within_3_groups": groups,
+                "kinds": [source.kind for source in measured],
                 "mean_score": statistics.fmean(scores),
                 "p5_score": _percentile(scores, 5),
                 "bytes": sum(sizes),
@@ -398,6 +399,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def markdown(results: dict[str, Any], chart_name: str) -> str:
     lines = [MARK_START, "## Encoders, formats and quality=auto (bench/quality.py)", ""]
     lines += goals_table(results)
+    good = {fmt: results.get("auto", {}).get(f"{fmt}/auto:good") for fmt in ("jpeg", "webp", "avif")}
+    if all(e and "oracle_saving" in e for e in good.values()):
+        groups = {fmt: e.get("within_3_groups", {}) for fmt, e in good.items() if e}
+        lines.append(
+            "Why auto misses: its model (imaging/quality.py, fitted on the even-numbered corpus photographs) "
+            "lands within ±3 of 70 on "
+            + ", ".join(f"{fmt} {g.get('photo', math.nan):.0%}" for fmt, g in groups.items())
+            + " of the odd-numbered corpus photographs but on "
+            + ", ".join(f"{fmt} {g.get('held-out', math.nan):.0%}" for fmt, g in groups.items())
+            + " of the photographs from outside the corpus (greyscale, textures), which score higher than "
+            "it predicts, so they get more quality and bytes than asked (table below). The corpus is mosaics "
+            "of 9 colour photographs: a calibration that holds beyond it needs a more varied one. The 20% "
+            "saving is out of reach on these images whatever auto does: choosing each image's exact quality "
+            "saves only "
+            + ", ".join(f"{fmt} {e['oracle_saving']:.1%}" for fmt, e in good.items() if e)
+            + " against the fixed quality."
+        )
+        lines.append("")
     lines.append(
         f"{results['photos']} photographs ({results['photos_mp']:.1f} MP, the bench/corpus.py quick set: "
         f"0.3-2 MP, JPEG q90-95 and PNG) and {results['graphics']} graphics (tests/graphics.py); "
@@ -470,6 +489,20 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
                 f"{e.get('saving_vs_fixed', math.nan):.1%} | {e.get('oracle_saving', math.nan):.1%} | "
                 f"{e['mp_per_s']:.1f} |"
             )
+        lines.append("")
+        lines.append(
+            "Mean SSIMULACRA2 reached minus the target, per group (positive: more quality, and bytes, than asked):"
+        )
+        lines.append("")
+        for key, e in results["auto"].items():
+            if "kinds" not in e:
+                continue
+            parts = []
+            for kind, name in (("photo", "odd corpus photographs"), ("held-out", "photographs from outside")):
+                picked = [s for s, k in zip(e["scores"], e["kinds"], strict=True) if k == kind]
+                if picked:
+                    parts.append(f"{name} {statistics.fmean(picked) - e['target']:+.1f}")
+            lines.append(f"- {key}: " + ", ".join(parts))
     if results.get("throughput"):
         lines += ["", "### Throughput of compress() per mode (decode, candidates, encode; one core)", ""]
         lines += ["| mode | MP/s | CPU ms per MP | MB |", "|---|---|---|---|"]
@@ -550,17 +583,45 @@ def goals_table(results: dict[str, Any]) -> list[str]:
         rows.append(
             (
                 "AVIF auto: bytes below JPEG auto",
-                f"{saving:.1%} (AVIF auto {speed:.1f} MP/s per core)",
+                f"{saving:.1%} (mean SSIMULACRA2 {auto['avif/auto:good']['mean_score']:.1f} vs "
+                f"{auto['jpeg/auto:good']['mean_score']:.1f}; AVIF auto {speed:.1f} MP/s per core)",
                 "≥ 30%",
                 saving >= 0.3,
             )
         )
+    table = results.get("rd", {}).get("table", {})
+    if "jpeg/tuned (default)" in table and AVIF_NAME in table:
+        jpeg_bytes = _bytes_at_score(table["jpeg/tuned (default)"], 70.0)
+        avif_bytes = _bytes_at_score(table[AVIF_NAME], 70.0)
+        if jpeg_bytes and avif_bytes:
+            rows.append(
+                (
+                    "AVIF below JPEG with every image at exactly 70 (read off its own curves, not auto)",
+                    f"{1 - avif_bytes / jpeg_bytes:.1%}",
+                    "(what a perfect auto would give)",
+                    None,
+                )
+            )
     if not rows:
         return []
     out = ["| goal | measured | target | met |", "|---|---|---|---|"]
     for name, measured, target, met in rows:
         out.append(f"| {name} | {measured} | {target} | {'yes' if met else 'no' if met is not None else '—'} |")
     return [*out, ""]
+
+
+def _bytes_at_score(rows: dict[str, Any], target: float) -> float | None:
+    """Total bytes with each image at the quality where its own curve reaches `target`."""
+    qualities = sorted(int(q) for q in rows)
+    total = 0.0
+    for i in range(len(rows[str(qualities[0])]["score"])):
+        scores = [rows[str(q)]["score"][i] for q in qualities]
+        quality = _interp_quality(qualities, scores, target)
+        if quality is None:
+            return None
+        sizes = [math.log(rows[str(q)]["bytes"][i]) for q in qualities]
+        total += math.exp(float(np.interp(quality, qualities, sizes)))
+    return total
 
 
 def write_section(markdown_text: str, path: Path) -> None:
@@ -708,9 +769,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--report", action="store_true", help="rewrite the section and chart from bench/quality.json")
     args = parser.parse_args(argv)
     if args.calibrate:
         calibrate()
+        return 0
+    if args.report:
+        results = json.loads((HERE / "quality.json").read_text())
+        for entry in results.get("auto", {}).values():
+            if "kinds" not in entry:  # a run before the groups were stored: odd photographs, then held-out
+                held = len(results.get("held_out", []))
+                entry["kinds"] = ["photo"] * (len(entry["scores"]) - held) + ["held-out"] * held
+        chart(results, HERE / "quality.png")
+        write_section(markdown(results, "quality.png"), HERE / "results.md")
+        print(f"wrote {HERE / 'results.md'}")
         return 0
     results = run(args.quick)
     target = (HERE / "out" / "results-quality.md") if args.quick else HERE / "results.md"

@@ -274,3 +274,29 @@ def test_every_jpeg_encoder_makes_a_jpeg_of_the_picture(encoder: str) -> None:
     assert out.format == "JPEG" and out.size == im.size
     difference = np.abs(np.asarray(out, dtype=np.int16) - np.asarray(im, dtype=np.int16)).mean()
     assert difference < 12
+
+
+# --- accuracy on a real photograph -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp", "avif"])
+def test_auto_lands_near_its_target_on_a_real_photograph(output_format: str) -> None:
+    """scikit-image's astronaut (one of the benchmark corpus's sources), measured with the
+    real SSIMULACRA2 at full size: auto:good (70) lands within 5 of its target. The held-out
+    accuracy over many images is bench/quality.py's to measure (bench/results.md)."""
+    from pathlib import Path
+
+    from bench.ssimulacra2 import score
+
+    path = Path(np.__file__).resolve().parents[1] / "skimage" / "data" / "astronaut.png"
+    if not path.is_file():
+        pytest.skip("scikit-image's sample photographs are not installed")
+    data = path.read_bytes()
+    result = compress(data, CompressOptions(quality="auto", output_format=output_format))
+    assert result.output_format == output_format and result.candidate == "reencoded"
+    reference = np.asarray(decode(data).convert("RGB"))
+    out = decode(result.data)
+    assert out.size == (512, 512)
+    measured = score(reference, np.asarray(out.convert("RGB")))
+    assert abs(measured - 70) <= 5, (result.quality_chosen, result.score, measured)
+    assert result.score is not None and abs(result.score - 70) <= 3
