@@ -26,7 +26,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def stack_without_public_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # Empty is unset (settings/base.py): the links then come from the port `serve` listens on.
-    stack = start_stack(tmp_path_factory.mktemp("links"), {"PUBLIC_BASE_URL": ""})
+    # `make run`'s lane on every lane: output links are the service's own only with local files.
+    stack = start_stack(tmp_path_factory.mktemp("links"), {"PUBLIC_BASE_URL": ""}, lane="sqlite")
     yield stack
     stop_stack(stack)
 

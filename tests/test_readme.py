@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import IMAGE_HOST, ROOT, Stack, free_port
+from tests.conftest import IMAGE_HOST, ROOT, Stack, free_port, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +25,15 @@ SAMPLE_PORT = 9000
 
 def try_it() -> str:
     return README.split("## Try it\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The service as the README's `make run` starts it, whatever lane the suite runs on:
+    SQLite, the ORM broker and local files, whose outputs it serves itself."""
+    s = start_stack(tmp_path_factory.mktemp("readme"), lane="sqlite")
+    yield s
+    stop_stack(s)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -62,6 +62,8 @@ from products.models import ImageStatus, ProductImage
 from requests_app.models import ProcessingRequest, RequestStatus
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 # STEAL_LOOKAHEAD images of the request are still pending; closer to the end, only what it
@@ -382,18 +384,25 @@ class _Stream:
             self._render(group, data)
             return
         start = time.perf_counter()
-        try:
-            group.result = compress(data, self.options)
-        except ImageRejected as exc:
-            record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+        result = self._engine(group, "compress", lambda: compress(data, self.options))
+        if result is None:
             return
-        except Exception as exc:
-            logger.exception("image %s failed at compress", group.url)
-            record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
-            return
+        group.result = result
         group.compress_ms = _ms(start)
         future = self.store_pool.submit(_timed_store, self.request_id, group.key, group.result)
         self.storing[future] = group
+
+    def _engine(self, group: Group, stage: str, work: Callable[[], T]) -> T | None:
+        """What the engine made of one source, or None once the image is failed: with the
+        engine's reason for a bad image, as internal_error for a bug of ours."""
+        try:
+            return work()
+        except ImageRejected as exc:
+            record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
+        except Exception as exc:
+            logger.exception("image %s failed at %s", group.url, stage)
+            record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
+        return None
 
     def _render(self, group: Group, data: bytes) -> None:
         """Every size of one source from one decode; each distinct rendition uploaded on its
@@ -405,14 +414,8 @@ class _Stream:
         )
         group.outputs = [have[size] for size in self.sizes if size in have]
         missing = [size for size in self.sizes if size not in have]
-        try:
-            renditions = render(data, missing, self.options) if missing else []
-        except ImageRejected as exc:
-            record_failed(self.request_id, self.token, group.ids, exc.code, exc.message)
-            return
-        except Exception as exc:
-            logger.exception("image %s failed at render", group.url)
-            record_failed(self.request_id, self.token, group.ids, "internal_error", f"{type(exc).__name__}: {exc}")
+        renditions = self._engine(group, "render", lambda: render(data, missing, self.options)) if missing else []
+        if renditions is None:
             return
         group.compress_ms = _ms(start)
         if renditions and missing[0] == self.sizes[0]:
