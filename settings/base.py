@@ -8,6 +8,7 @@ A bad value stops start-up with the variable's name (ImproperlyConfigured).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -61,10 +62,12 @@ if not 0 < PORT < 65536:
 def _link_host(host: str) -> str:
     """The host of a link to a server bound to `host`: a wildcard address is reachable on
     this machine's loopback; an IPv6 literal goes in brackets."""
-    if host in ("", "0.0.0.0"):  # noqa: S104 (a bind address, read here, not bound)
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
+    try:
+        wildcard = not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        wildcard = False
+    if wildcard:
+        return "[::1]" if ":" in host else "127.0.0.1"
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
