@@ -40,15 +40,15 @@ from tests.conftest import (
     Stack,
     _start_stack,
     csv_bytes,
-    e2e_lane,
     free_port,
     make_image,
+    require_service,
     stop_stack,
     wait_clusters,
 )
 from tests.lanes import AWS_ENV, S3_REGION, S3Bucket, ScaleServices
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scale_lane]
 
 FINISHED = ("completed", "completed_with_errors", "failed")
 
@@ -286,10 +286,9 @@ STACK_ENV = {
 
 @pytest.fixture(scope="module")
 def outages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outages]:
-    if e2e_lane() != "scale":
-        pytest.skip("the outage tests run on the scale lane (make test-scale)")
-    if _pg_bin() is None or shutil.which("redis-server") is None:
-        pytest.skip("needs PostgreSQL's server binaries and redis-server")
+    require_service(
+        "PostgreSQL's server binaries and redis-server", _pg_bin() is not None and bool(shutil.which("redis-server"))
+    )
     folder = tmp_path_factory.mktemp("outages")
     postgres = OwnPostgres()
     redis_server = OwnRedis(folder)

@@ -109,31 +109,29 @@ def _timed_store(request_id: Any, key: str, result: CompressResult) -> tuple[str
     # Named here, in an upload thread: the name hashes the output's bytes, work the
     # compressing thread need not wait for.
     start = time.perf_counter()
-    name = image_output_name(request_id, key, result.data, result.extension)
+    saved = _store(image_output_name(request_id, key, result.data, result.extension), result)
+    return saved, _ms(start)
+
+
+def _store(name: str, result: CompressResult) -> str:
+    """Save one output under `name`, its Content-Type set; while the storage is down, again
+    with backoff for STORAGE_RETRY_SECONDS, then the last error goes up."""
 
     def save() -> str:
         content = ContentFile(result.data, name=name)
         content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
         return default_storage.save(name, content)
 
-    saved = retry_call(
+    return retry_call(
         save, transient=storage_error_is_transient, budget=settings.STORAGE_RETRY_SECONDS, what=f"storing {name}"
     )
-    return saved, _ms(start)
 
 
 def _timed_store_rendition(request_id: Any, key: str, result: CompressResult, sizes: tuple[int, ...]) -> SizedOutput:
     """Upload one rendition in a thread of the pool, as _timed_store does."""
     start = time.perf_counter()
-    name = rendition_output_name(request_id, key, result.width, result.height, result.data, result.extension)
-
-    def save() -> str:
-        content = ContentFile(result.data, name=name)
-        content.content_type = result.content_type  # type: ignore[attr-defined]  # read by the S3 backend
-        return default_storage.save(name, content)
-
-    saved = retry_call(
-        save, transient=storage_error_is_transient, budget=settings.STORAGE_RETRY_SECONDS, what=f"storing {name}"
+    saved = _store(
+        rendition_output_name(request_id, key, result.width, result.height, result.data, result.extension), result
     )
     return SizedOutput(
         sizes=sizes,
